@@ -1,0 +1,100 @@
+"""Settings of the gateway, read from `GATEWAY_*` environment variables; bad values stop start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Every knob of the gateway; each field maps to `GATEWAY_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
+
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL (postgresql+asyncpg://...). Unset: an embedded PostgreSQL under data_dir.",
+    )
+    data_dir: Path = Field(default=Path("./.gateway"), description="Where local state lives.")
+    storage_url: str | None = Field(
+        default=None, description="file:///path or s3://bucket/prefix. Unset: <data_dir>/storage."
+    )
+    s3_endpoint_url: str | None = Field(default=None, description="S3 endpoint (MinIO, moto...).")
+    s3_region: str | None = Field(default=None, description="S3 region.")
+    ray_address: str | None = Field(
+        default=None,
+        description="Ray dashboard URL (http://host:8265). Unset: `serve` starts a local Ray head.",
+    )
+    public_url: str | None = Field(
+        default=None, description="Base URL jobs use to call the gateway back. Unset: http://<host>:<port>."
+    )
+    max_upload_bytes: int = Field(default=2048 * MIB, gt=0, description="Largest file upload.")
+    max_artifact_bytes: int = Field(default=200 * MIB, gt=0, description="Largest program artifact.")
+    max_active_jobs_per_user: int = Field(
+        default=100, gt=0, description="Jobs a user may have QUEUED, PENDING or RUNNING at once."
+    )
+    max_page_size: int = Field(default=100, gt=0, le=10_000, description="Largest `limit` of a list.")
+    max_running_jobs: int = Field(default=64, gt=0, description="Jobs handed to Ray at once, all users.")
+    max_running_jobs_per_user: int = Field(default=8, gt=0, description="Jobs handed to Ray per user.")
+    max_workers: int = Field(default=16, gt=0, description="Largest `config.workers` a run may ask for.")
+    log_max_bytes: int = Field(default=50 * MIB, gt=0, description="Stored logs are capped to their tail.")
+    dependency_allowlist: list[str] | None = Field(
+        default=None, description="If set, the only package names a program may depend on (JSON list)."
+    )
+    sync_interval_seconds: float = Field(default=1.0, gt=0, description="How often running jobs are synced.")
+    sweep_interval_seconds: float = Field(default=5.0, gt=0, description="Safety-net sweep for QUEUED jobs.")
+    run_engine: bool = Field(default=True, description="Run the dispatcher inside the API process.")
+    token_cache_seconds: float = Field(default=5.0, ge=0, description="How long a checked token is trusted.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if value.startswith("postgres://"):
+            value = "postgresql://" + value.removeprefix("postgres://")
+        if value.startswith("postgresql://"):
+            value = "postgresql+asyncpg://" + value.removeprefix("postgresql://")
+        if not value.startswith("postgresql+asyncpg://"):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_scheme(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not (value.startswith("file://") or value.startswith("s3://")):
+            raise ValueError("must start with file:// or s3://")
+        return value
+
+    @field_validator("ray_address", "public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not (value.startswith("http://") or value.startswith("https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or f"file://{(self.data_dir / 'storage').resolve()}"
+
+
+class SettingsError(Exception):
+    """A setting could not be read; the message is one line naming the variable."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment, turning validation errors into one clear line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "GATEWAY_" + str(first["loc"][0]).upper() if first["loc"] else "GATEWAY_*"
+        raise SettingsError(f"invalid setting {name}: {first['msg']}") from None
