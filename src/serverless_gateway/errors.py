@@ -1,0 +1,156 @@
+"""Errors as classes with a status code, and the handlers that render the one JSON envelope."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class ErrorDetail(BaseModel):
+    loc: list[str | int]
+    msg: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer."""
+
+    message: str
+    errors: list[ErrorDetail] | None = None
+
+
+class GatewayError(Exception):
+    """An error a person can act on; `status_code` picks the HTTP answer."""
+
+    status_code = 400
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, headers: dict[str, str] | None = None
+    ):
+        super().__init__(message)
+        self.message = message
+        if status_code is not None:
+            self.status_code = status_code
+        self.headers = headers
+
+
+class BadRequest(GatewayError):
+    status_code = 400
+
+
+class Unauthorized(GatewayError):
+    status_code = 401
+
+    def __init__(self, message: str = "Authentication credentials were not provided or are invalid."):
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(GatewayError):
+    status_code = 403
+
+
+class NotFound(GatewayError):
+    status_code = 404
+
+
+class Conflict(GatewayError):
+    status_code = 409
+
+
+class PayloadTooLarge(GatewayError):
+    status_code = 413
+
+
+class Locked(GatewayError):
+    status_code = 423
+
+
+class TooManyRequests(GatewayError):
+    status_code = 429
+
+
+class ServiceUnavailable(GatewayError):
+    status_code = 503
+
+
+class ValidationFailed(GatewayError):
+    """Bad input with a list of the fields at fault."""
+
+    status_code = 400
+
+    def __init__(self, message: str, errors: Sequence[ErrorDetail]):
+        super().__init__(message)
+        self.errors = list(errors)
+
+
+_DESCRIPTIONS = {
+    400: "Bad input",
+    401: "Missing or invalid bearer token",
+    403: "Not allowed",
+    404: "Not found, or not yours",
+    409: "Conflict",
+    413: "Too large",
+    422: "Invalid request",
+    423: "The program is disabled",
+    429: "Limit reached",
+    503: "A dependency is unavailable",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` entry documenting the error envelope for each code."""
+    return {code: {"model": ErrorBody, "description": _DESCRIPTIONS.get(code, "Error")} for code in codes}
+
+
+def _envelope(status_code: int, body: ErrorBody, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status_code, headers=headers)
+
+
+def _validation_details(errors: Sequence[Any]) -> list[ErrorDetail]:
+    details = []
+    for err in errors:
+        loc = [part if isinstance(part, int) else str(part) for part in err.get("loc", ())]
+        details.append(ErrorDetail(loc=loc, msg=str(err.get("msg", "invalid value"))))
+    return details
+
+
+def _summary(details: Sequence[ErrorDetail]) -> str:
+    parts = []
+    for detail in details[:5]:
+        where = ".".join(str(p) for p in detail.loc if p not in ("body", "query", "path", "header"))
+        parts.append(f"{where}: {detail.msg}" if where else detail.msg)
+    return "Invalid request: " + "; ".join(parts) if parts else "Invalid request."
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error, ours or the framework's, as `{"message", "errors"?}`."""
+
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
+        errors = exc.errors if isinstance(exc, ValidationFailed) else None
+        return _envelope(exc.status_code, ErrorBody(message=exc.message, errors=errors), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = _validation_details(exc.errors())
+        return _envelope(400, ErrorBody(message=_summary(details), errors=details))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "Error."
+        if exc.status_code == 404 and message == "Not Found":
+            message = "Not found."
+        return _envelope(exc.status_code, ErrorBody(message=message), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error", exc_info=exc)
+        return _envelope(500, ErrorBody(message="Internal server error."))

@@ -1,0 +1,1 @@
+"""Business rules; they flush, never commit."""

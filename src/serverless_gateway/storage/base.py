@@ -1,0 +1,69 @@
+"""The storage protocol every backend implements; keys are `/`-separated relative paths."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+CHUNK_SIZE = 1024 * 1024
+
+
+class StorageError(Exception):
+    """A storage operation failed for a reason other than a missing object."""
+
+
+class StorageUnavailable(StorageError):
+    """The backend cannot be reached right now; retrying later may work."""
+
+
+class ObjectNotFound(StorageError):
+    """No object under that key."""
+
+
+class ObjectTooLarge(StorageError):
+    """The stream passed `max_bytes`; nothing was kept."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: datetime | None = None
+
+
+class Storage(Protocol):
+    """A flat key/value store of byte streams."""
+
+    async def put_stream(
+        self, key: str, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None
+    ) -> int:
+        """Store the stream under `key` atomically; raise ObjectTooLarge past `max_bytes`. Returns the size."""
+        ...
+
+    async def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    def open_stream(self, key: str, *, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
+        """Yield the object's bytes in chunks; raises ObjectNotFound on first iteration when missing."""
+        ...
+
+    async def get_bytes(self, key: str) -> bytes: ...
+
+    async def stat(self, key: str) -> ObjectInfo | None: ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def list(self, prefix: str) -> list[ObjectInfo]:
+        """Objects directly or indirectly under `prefix` (which ends with `/`), keys relative to it."""
+        ...
+
+    async def delete(self, key: str) -> bool:
+        """Remove the object; False when there was none."""
+        ...
+
+    async def check(self) -> None:
+        """Raise StorageUnavailable when the backend cannot be used."""
+        ...
+
+    async def close(self) -> None: ...
