@@ -10,7 +10,6 @@ from sqlalchemy import text
 
 from .. import __version__
 from ..deps import StateDep
-
 from ..storage import StorageUnavailable
 from .routing import SlashRouter
 
