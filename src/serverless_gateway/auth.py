@@ -125,9 +125,7 @@ def _member_groups(user_id: uuid.UUID) -> Select[tuple[uuid.UUID]]:
 
 def admin_provider_ids(user_id: uuid.UUID) -> Select[tuple[uuid.UUID]]:
     """The providers whose admin groups hold this user."""
-    return select(ProviderAdminGroup.provider_id).where(
-        ProviderAdminGroup.group_id.in_(_member_groups(user_id))
-    )
+    return select(ProviderAdminGroup.provider_id).where(ProviderAdminGroup.group_id.in_(_member_groups(user_id)))
 
 
 def program_visible(user_id: uuid.UUID) -> ColumnElement[bool]:

@@ -32,9 +32,7 @@ class GatewayError(Exception):
 
     status_code = 400
 
-    def __init__(
-        self, message: str, *, status_code: int | None = None, headers: dict[str, str] | None = None
-    ):
+    def __init__(self, message: str, *, status_code: int | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
         if status_code is not None:

@@ -87,9 +87,7 @@ class GroupMembership(Base):
     __tablename__ = "group_membership"
 
     group_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("group.id", ondelete="CASCADE"), primary_key=True)
-    user_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("user.id", ondelete="CASCADE"), primary_key=True, index=True
-    )
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), primary_key=True, index=True)
 
 
 class Provider(Base):
@@ -103,9 +101,7 @@ class Provider(Base):
 class ProviderAdminGroup(Base):
     __tablename__ = "provider_admin_group"
 
-    provider_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("provider.id", ondelete="CASCADE"), primary_key=True
-    )
+    provider_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("provider.id", ondelete="CASCADE"), primary_key=True)
     group_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("group.id", ondelete="CASCADE"), primary_key=True, index=True
     )
@@ -154,9 +150,7 @@ class Program(Base):
 class ProgramAccess(Base):
     __tablename__ = "program_access"
 
-    program_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("program.id", ondelete="CASCADE"), primary_key=True
-    )
+    program_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("program.id", ondelete="CASCADE"), primary_key=True)
     group_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("group.id", ondelete="CASCADE"), primary_key=True, index=True
     )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -13,8 +14,20 @@ from .config import Settings
 from .db import SessionMaker
 from .storage import Storage
 
-if TYPE_CHECKING:
-    from .engine.runtime import EngineRuntime
+
+class Engine(Protocol):
+    """What the API layer may ask of the execution engine (implemented in `engine/runtime.py`)."""
+
+    def wake(self) -> None:
+        """A job was queued or a stop was requested: look for work now."""
+
+    async def close(self) -> None: ...
+
+    async def readiness_problem(self) -> str | None:
+        """None when Ray is reachable, else a short reason for the readiness probe."""
+
+    async def live_logs(self, job_id: uuid.UUID, submission_id: str) -> str | None:
+        """Ray's current logs of a job that is PENDING or RUNNING; None when Ray cannot tell."""
 
 
 @dataclass
@@ -24,6 +37,6 @@ class GatewayState:
     sessionmaker: SessionMaker
     storage: Storage
     token_cache: TokenCache
-    engine: EngineRuntime | None = None
+    engine: Engine | None = None
     wake_dispatcher: Callable[[], None] = lambda: None
     extras: dict[str, Any] = field(default_factory=dict)

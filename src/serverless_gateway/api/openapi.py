@@ -33,9 +33,7 @@ def install_openapi(app: FastAPI) -> None:
         schemas = components.setdefault("schemas", {})
         schemas.pop("HTTPValidationError", None)
         schemas.pop("ValidationError", None)
-        schemas.setdefault(
-            "ErrorBody", ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
-        )
+        schemas.setdefault("ErrorBody", ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}"))
         for name, sub in (
             ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}").get("$defs", {}).items()
         ):

@@ -41,9 +41,7 @@ async def add_group(session: AsyncSession, name: str) -> Group:
 
 
 async def add_membership(session: AsyncSession, group_id: uuid.UUID, user_id: uuid.UUID) -> None:
-    await session.execute(
-        insert(GroupMembership).values(group_id=group_id, user_id=user_id).on_conflict_do_nothing()
-    )
+    await session.execute(insert(GroupMembership).values(group_id=group_id, user_id=user_id).on_conflict_do_nothing())
 
 
 async def get_provider_by_name(session: AsyncSession, name: str) -> Provider | None:
@@ -57,9 +55,7 @@ async def add_provider(session: AsyncSession, name: str) -> Provider:
     return provider
 
 
-async def add_provider_admin_group(
-    session: AsyncSession, provider_id: uuid.UUID, group_id: uuid.UUID
-) -> None:
+async def add_provider_admin_group(session: AsyncSession, provider_id: uuid.UUID, group_id: uuid.UUID) -> None:
     await session.execute(
         insert(ProviderAdminGroup).values(provider_id=provider_id, group_id=group_id).on_conflict_do_nothing()
     )

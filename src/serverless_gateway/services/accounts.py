@@ -16,9 +16,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,149}$")
 
 def _check_name(kind: str, name: str) -> None:
     if not _NAME.match(name):
-        raise BadRequest(
-            f"invalid {kind} name {name!r}: use letters, digits and _ . @ + - (at most 150 characters)"
-        )
+        raise BadRequest(f"invalid {kind} name {name!r}: use letters, digits and _ . @ + - (at most 150 characters)")
 
 
 async def create_user(session: AsyncSession, *, username: str) -> tuple[User, str]:

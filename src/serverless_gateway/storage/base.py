@@ -36,9 +36,7 @@ class ObjectInfo:
 class Storage(Protocol):
     """A flat key/value store of byte streams."""
 
-    async def put_stream(
-        self, key: str, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None
-    ) -> int:
+    async def put_stream(self, key: str, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None) -> int:
         """Store the stream under `key` atomically; raise ObjectTooLarge past `max_bytes`. Returns the size."""
         ...
 

@@ -26,9 +26,7 @@ class LocalStorage:
             raise StorageError(f"invalid storage key {key!r}")
         return self.root.joinpath(*parts)
 
-    async def put_stream(
-        self, key: str, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None
-    ) -> int:
+    async def put_stream(self, key: str, chunks: AsyncIterable[bytes], *, max_bytes: int | None = None) -> int:
         target = self._path(key)
         tmp_dir = self.root / _TMP_DIR
         await asyncio.to_thread(tmp_dir.mkdir, parents=True, exist_ok=True)
