@@ -156,3 +156,25 @@ def make_tar(files: dict[str, str | bytes], *, gzip: bool = False) -> bytes:
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+async def upload_program(
+    client: AsyncClient,
+    user: TestUser,
+    title: str,
+    *,
+    files: dict[str, str | bytes] | None = None,
+    entrypoint: str = "main.py",
+    **fields: str,
+) -> dict[str, object]:
+    """Upload a program through the API and return its JSON; fails the test on a non-2xx answer."""
+    archive = make_tar(files or {entrypoint: "print('hello')\n"})
+    response = await client.post(
+        "/api/v1/programs/upload/",
+        headers=user.headers,
+        data={"title": title, "entrypoint": entrypoint, **fields},
+        files={"artifact": ("artifact.tar", archive, "application/x-tar")},
+    )
+    assert response.status_code in (200, 201), response.text
+    body: dict[str, object] = response.json()
+    return body
