@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(default=2048 * MIB, gt=0, description="Largest file upload.")
     max_artifact_bytes: int = Field(default=200 * MIB, gt=0, description="Largest program artifact.")
+    artifact_max_members: int = Field(default=10_000, gt=0, description="Most members a program artifact may hold.")
+    artifact_max_unpacked_bytes: int = Field(
+        default=1024 * MIB, gt=0, description="Largest total size of an artifact's files once unpacked."
+    )
     max_active_jobs_per_user: int = Field(
         default=100, gt=0, description="Jobs a user may have QUEUED, PENDING or RUNNING at once."
     )
