@@ -1,0 +1,392 @@
+"""End-to-end fixtures: the official client in its own virtualenv against a real gateway, Ray and PostgreSQL.
+
+One gateway per session: `serverless-gateway serve` in a subprocess (it starts and stops its own local Ray
+head), a throwaway database, accounts made with the CLI. Scenario scripts under `scenarios/` run with the
+client's python and exit non-zero when a check fails; the slow ones (those that install qiskit-serverless
+inside a job) start in the background as soon as the session starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import asyncpg
+import psutil
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.database import server_url, throwaway_name
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+SCENARIOS = HERE / "scenarios"
+DOCS_EXAMPLE = ROOT / "docs" / "examples" / "hello"
+CLI = Path(sys.executable).with_name("serverless-gateway")
+# This user's third job must wait QUEUED (stop scenario), so the per-user running cap is small.
+RUNNING_CAP_PER_USER = 2
+START_TIMEOUT = 180.0
+
+
+@pytest.fixture(autouse=True)
+def _clean_database() -> None:
+    """Replaces the API tests' per-test TRUNCATE: this suite has its own database and gateway."""
+
+
+@pytest.fixture(scope="session")
+def client_python() -> str:
+    """The official client's python: GATEWAY_COMPAT_PYTHON, else the cached venv from scripts/compat-venv.sh."""
+    explicit = os.environ.get("GATEWAY_COMPAT_PYTHON")
+    if explicit:
+        return explicit
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "compat-venv.sh")], capture_output=True, text=True, timeout=600
+    )
+    if done.returncode != 0:
+        pytest.fail(f"could not build the client's virtualenv:\n{done.stderr[-4000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _admin_exec(base: str, sql: str) -> None:
+    admin = make_url(base).set(drivername="postgresql", database="postgres")
+
+    async def run() -> None:
+        conn = await asyncpg.connect(admin.render_as_string(hide_password=False))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@dataclass
+class Gateway:
+    url: str
+    data_dir: Path
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no gateway log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def cli(self, *args: str) -> str:
+        """Run `serverless-gateway ARGS` against this gateway's database; stdout on success."""
+        done = subprocess.run([str(CLI), *args], env=self.env, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise AssertionError(
+                f"`serverless-gateway {' '.join(args)}` exited {done.returncode}\n"
+                f"stdout: {done.stdout}\nstderr: {done.stderr}"
+            )
+        return done.stdout
+
+
+def _ours(data_dir: Path) -> list[psutil.Process]:
+    """Processes started for this gateway (Ray's carry the data dir in their command line) and their children."""
+    mark = str(data_dir)
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if mark in cmdline and proc.pid != os.getpid():
+                found[proc.pid] = proc
+                for child in proc.children(recursive=True):
+                    found[child.pid] = child
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return list(found.values())
+
+
+def _wait_ready(gateway: Gateway) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if gateway.process.poll() is not None:
+            pytest.fail(f"the gateway exited with {gateway.process.returncode}:\n{gateway.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"{gateway.url}/api/v1/readiness/", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            last = f"{exc.code} {exc.read()[:300]!r}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    pytest.fail(f"the gateway was not ready after {START_TIMEOUT} s ({last}):\n{gateway.log_tail()}")
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _stop_gateway(gateway: Gateway) -> list[str]:
+    """SIGTERM the gateway; it must exit and take its Ray head with it. Returns the problems seen."""
+    problems: list[str] = []
+    children = []
+    try:
+        children = psutil.Process(gateway.process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        pass
+    gateway.process.send_signal(signal.SIGTERM)
+    try:
+        gateway.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        problems.append("the gateway did not exit within 60 s of SIGTERM")
+        gateway.process.kill()
+        gateway.process.wait(timeout=10)
+    deadline = time.monotonic() + 20
+    strays: list[psutil.Process] = []
+    while True:
+        strays = [p for p in {*children, *_ours(gateway.data_dir)} if _alive(p)]
+        if not strays or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if strays:
+        described = []
+        for proc in strays:
+            try:
+                described.append(f"{proc.pid} {' '.join(proc.cmdline())[:160]}")
+                proc.kill()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        problems.append("processes left running after the gateway stopped (killed now):\n" + "\n".join(described))
+    return problems
+
+
+@pytest.fixture(scope="session")
+def gateway() -> Iterator[Gateway]:
+    """`serverless-gateway serve` on a free port with a throwaway database; it starts its own Ray head."""
+    base, server = server_url()
+    database = throwaway_name()
+    _admin_exec(base, f'CREATE DATABASE "{database}"')
+    data_dir = Path(tempfile.mkdtemp(prefix="gwc-"))  # short: Ray's socket paths live under it
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "RAY_"))}
+    env.update(
+        GATEWAY_DATABASE_URL=make_url(base).set(database=database).render_as_string(hide_password=False),
+        GATEWAY_DATA_DIR=str(data_dir),
+        GATEWAY_MAX_RUNNING_JOBS_PER_USER=str(RUNNING_CAP_PER_USER),
+        PYTHONUNBUFFERED="1",
+    )
+    log_path = data_dir / "gateway.log"
+    log: IO[bytes] = log_path.open("wb")
+    process = subprocess.Popen(
+        [str(CLI), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=data_dir,
+        start_new_session=True,
+    )
+    gw = Gateway(url=f"http://127.0.0.1:{port}", data_dir=data_dir, env=env, process=process, log_path=log_path)
+    problems: list[str] = []
+    try:
+        _wait_ready(gw)
+        yield gw
+    finally:
+        problems = _stop_gateway(gw)
+        log.close()
+        try:
+            _admin_exec(base, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        finally:
+            if server is not None:
+                server.cleanup()
+        if problems:
+            sys.stderr.write(f"gateway log tail:\n{gw.log_tail()}\n")
+        shutil.rmtree(data_dir, ignore_errors=True)
+    if problems:
+        pytest.fail("\n".join(problems))
+
+
+# Who does what: each scenario has its own user, so job lists and files do not mix.
+USERS = ("alice", "bob", "carol", "fiona", "quinn", "hana", "pam", "ursula", "victor", "mallory")
+
+
+@pytest.fixture(scope="session")
+def accounts(gateway: Gateway) -> dict[str, str]:
+    """Users, groups and a provider made with the CLI, as an operator would; name -> token."""
+    for name in USERS:
+        out = gateway.cli("user", "create", name).strip().splitlines()
+        assert out, f"`user create {name}` printed no token"
+        gateway.tokens[name] = out[-1].strip()
+    gateway.cli("group", "create", "acme-admins")
+    gateway.cli("group", "create", "acme-users")
+    gateway.cli("group", "add-user", "acme-admins", "pam")
+    gateway.cli("group", "add-user", "acme-users", "ursula")
+    gateway.cli("group", "add-user", "acme-users", "victor")
+    gateway.cli("provider", "create", "acme", "--admin-group", "acme-admins")
+    return gateway.tokens
+
+
+@dataclass
+class Outcome:
+    """How a scenario script ended."""
+
+    name: str
+    returncode: int | None
+    output: str
+
+    def check(self, gateway: Gateway) -> None:
+        if self.returncode != 0:
+            pytest.fail(
+                f"scenario {self.name} exited {self.returncode}\n--- its output:\n{self.output[-12000:]}\n"
+                f"--- gateway log tail:\n{gateway.log_tail()}",
+                pytrace=False,
+            )
+
+
+@dataclass
+class Runner:
+    gateway: Gateway
+    python: str
+    workdir: Path
+
+    def env(self, token: str, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ENV_", "PYTHON"))}
+        env.update(
+            GATEWAY_URL=self.gateway.url,
+            GATEWAY_TOKEN=self.gateway.tokens[token],
+            PYTHONUNBUFFERED="1",
+            PYTHONDONTWRITEBYTECODE="1",
+            **extra,
+        )
+        return env
+
+    def command(self, script: str | Path) -> list[str]:
+        path = Path(script)
+        return [self.python, str(path if path.is_absolute() else SCENARIOS / f"{script}.py")]
+
+    def cwd(self, name: str) -> Path:
+        path = self.workdir / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def run(self, script: str, *, user: str, timeout: float = 300, **env: str) -> Outcome:
+        """Run a scenario to its end; its output file (SCENARIO_OUTPUT) is read back into `env` callers."""
+        cwd = self.cwd(script)
+        try:
+            done = subprocess.run(
+                self.command(script),
+                cwd=cwd,
+                env=self.env(user, SCENARIO_OUTPUT=str(cwd / "output.json"), **env),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as exc:
+            output = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            return Outcome(script, None, output + f"\n(timed out after {timeout} s)")
+        return Outcome(script, done.returncode, done.stdout)
+
+    def output_of(self, script: str) -> dict[str, str]:
+        data: dict[str, str] = json.loads((self.workdir / script / "output.json").read_text())
+        return data
+
+
+@pytest.fixture(scope="session")
+def runner(gateway: Gateway, accounts: dict[str, str], client_python: str) -> Iterator[Runner]:
+    workdir = Path(tempfile.mkdtemp(prefix="gwc-scenarios-"))
+    yield Runner(gateway=gateway, python=client_python, workdir=workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+class Background:
+    """A scenario started early in the background; `wait()` collects its outcome."""
+
+    def __init__(self, runner: Runner, name: str, command: list[str], cwd: Path, env: dict[str, str]):
+        self.name = name
+        self.log_path = cwd / "output.log"
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait(self, timeout: float) -> Outcome:
+        try:
+            code: int | None = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            code = None
+        self._log.close()
+        output = self.log_path.read_text(errors="replace")
+        if code is None:
+            output += f"\n(timed out after {timeout} s)"
+        return Outcome(self.name, code, output)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+@dataclass
+class Early:
+    """What the session started first: the provider's uploads and the slow in-job scenarios."""
+
+    provider_setup: Outcome
+    grants: str | None
+    inside_job: Background | None
+    docs_example: Background
+
+
+@pytest.fixture(scope="session", autouse=True)
+def early(runner: Runner) -> Iterator[Early]:
+    """Start the scenarios whose jobs install qiskit-serverless (about a minute, once) before anything else."""
+    example_dir = runner.cwd("docs-example")
+    shutil.copytree(DOCS_EXAMPLE, example_dir, dirs_exist_ok=True)
+    docs_example = Background(
+        runner, "docs example", runner.command(example_dir / "run_hello.py"), example_dir, runner.env("hana")
+    )
+    setup = runner.run("provider_setup", user="pam", timeout=120)
+    grants: str | None = None
+    inside: Background | None = None
+    if setup.returncode == 0:
+        try:
+            for title in ("helpers", "plain"):
+                runner.gateway.cli("program", "grant", title, "--provider", "acme", "--group", "acme-users", "--run")
+        except AssertionError as exc:
+            grants = str(exc)
+        if grants is None:
+            inside = Background(
+                runner,
+                "inside_job",
+                runner.command("inside_job"),
+                runner.cwd("inside_job"),
+                runner.env("victor", GATEWAY_PROVIDER_TOKEN=runner.gateway.tokens["pam"]),
+            )
+    result = Early(provider_setup=setup, grants=grants, inside_job=inside, docs_example=docs_example)
+    yield result
+    docs_example.kill()
+    if inside is not None:
+        inside.kill()

@@ -1,0 +1,60 @@
+"""Provider, step 2 (a user of a group granted run rights): find, run, read result and public logs only.
+
+GATEWAY_OTHER_TOKEN belongs to a user in no group: the provider's functions stay invisible to it.
+"""
+
+# ruff: noqa: T201
+from __future__ import annotations
+
+import requests
+from common import check, check_equal, connect, expect_error, step, wait_terminal, write_output
+from qiskit_serverless import QiskitFunction, QiskitServerlessException
+
+user = connect()
+
+step("functions() lists the granted provider functions")
+listed = {(f.provider, f.title): f for f in user.functions()}
+print("    functions:", sorted(listed))
+check(("acme", "plain") in listed, f"granted acme/plain missing from functions(): {sorted(listed)}")
+catalog = {(f.provider, f.title) for f in user.functions(filter="catalog")}
+check(("acme", "plain") in catalog, f"acme/plain missing from functions(filter='catalog'): {catalog}")
+serverless = {(f.provider, f.title) for f in user.functions(filter="serverless")}
+check(("acme", "plain") not in serverless, f"a provider function in functions(filter='serverless'): {serverless}")
+
+step("function('acme/plain').run(**arguments): result and public logs")
+function = user.function("acme/plain")
+check_equal((function.provider, function.title), ("acme", "plain"), "function('acme/plain')")
+job = function.run(who="ursula")
+check_equal(wait_terminal(job)[-1], "DONE", "status of the provider job")
+check_equal(job.result(), {"ok": True, "who": "ursula"}, "result of the provider job")
+logs = job.logs()
+print("    user's logs:\n" + logs)
+check("plain-marker" in logs, "untagged lines reach the user")
+check("public-marker" in logs, "[PUBLIC] lines reach the user")
+check("[PUBLIC]" not in logs, "the [PUBLIC] tag is stripped for the user")
+check("private-marker" not in logs and "[PRIVATE]" not in logs, "[PRIVATE] lines must not reach the user")
+check(job.job_id in [j.job_id for j in user.jobs(function=function)], "the user lists its provider job")
+job_by_run = user.run("plain", arguments={"who": "again"}, provider="acme")
+check_equal(wait_terminal(job_by_run)[-1], "DONE", "client.run(title, provider=...)")
+
+step("the user cannot read private logs, provider files or provider jobs")
+expect_error(job.provider_logs)
+expect_error(lambda: user.provider_files(function))
+expect_error(
+    lambda: user.provider_file_download("provider-secret.txt", function),
+    errors=(requests.HTTPError, QiskitServerlessException),
+)
+expect_error(lambda: user.provider_file_delete("provider-secret.txt", function))
+expect_error(lambda: user.provider_jobs(function))
+own_files = user.files(function)
+check("provider-secret.txt" not in own_files, f"the user's files() shows the provider's file: {own_files}")
+
+step("a user outside the granted group does not see the provider function")
+stranger = connect("GATEWAY_OTHER_TOKEN")
+check(("acme", "plain") not in {(f.provider, f.title) for f in stranger.functions()}, "stranger lists acme/plain")
+expect_error(lambda: stranger.function("acme/plain"), "404")
+expect_error(lambda: stranger.run(QiskitFunction(title="acme/plain"), arguments={}), "404")
+expect_error(lambda: stranger.job(job.job_id), "404")
+
+write_output(job_id=job.job_id)
+print("provider user: OK")
