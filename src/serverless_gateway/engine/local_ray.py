@@ -1,0 +1,219 @@
+"""A private local Ray head: started with `ray start --head` on free ports, stopped without touching other heads.
+
+`ray stop` would stop every Ray head of the machine, so a head is started in its own session and stopped by
+ending exactly that session's processes (plus any job driver that escaped it into a session of its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psutil
+
+logger = logging.getLogger(__name__)
+
+# Ray puts unix sockets under <temp-dir>/session_<date>_<pid>/sockets/; AF_UNIX paths are capped at 107 bytes.
+_MAX_TEMP_DIR_CHARS = 45
+
+
+class RayStartError(RuntimeError):
+    """`ray start --head` failed or the dashboard never answered."""
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (bound by the OS, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def ray_executable() -> str:
+    """The `ray` script of the running interpreter's environment (falls back to PATH)."""
+    sibling = Path(sys.executable).parent / "ray"
+    if sibling.exists():
+        return str(sibling)
+    found = shutil.which("ray")
+    if found is None:
+        raise RayStartError("the `ray` command was not found next to the Python interpreter nor on PATH")
+    return found
+
+
+class LocalRayHead:
+    """One Ray head on this machine, owned by this object: its ports, temp dir and processes."""
+
+    def __init__(self, temp_root: Path, *, num_cpus: int | None = None, startup_timeout: float = 120.0):
+        self.temp_root = temp_root
+        self.num_cpus = num_cpus
+        self.startup_timeout = startup_timeout
+        self.temp_dir: Path | None = None
+        self.gcs_port: int | None = None
+        self.dashboard_port: int | None = None
+        self.dashboard_url: str | None = None
+        self._session_id: int | None = None
+
+    @property
+    def gcs_address(self) -> str:
+        if self.gcs_port is None:
+            raise RuntimeError("the Ray head is not started")
+        return f"127.0.0.1:{self.gcs_port}"
+
+    def _make_temp_dir(self) -> Path:
+        self.temp_root.mkdir(parents=True, exist_ok=True)
+        wanted = self.temp_root.resolve() / f"ray-{uuid.uuid4().hex[:8]}"
+        if len(str(wanted)) <= _MAX_TEMP_DIR_CHARS:
+            wanted.mkdir()
+            return wanted
+        short = Path(tempfile.mkdtemp(prefix="gwray-", dir="/tmp"))
+        logger.info("Ray temp dir %s would be too long for Ray's sockets; using %s", wanted, short)
+        return short
+
+    def _command(self, temp_dir: Path) -> list[str]:
+        if self.gcs_port is None or self.dashboard_port is None:
+            raise RuntimeError("ports are chosen in start()")
+        command = [
+            ray_executable(),
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={self.gcs_port}",
+            f"--dashboard-port={self.dashboard_port}",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+            f"--ray-client-server-port={free_port()}",
+            f"--node-manager-port={free_port()}",
+            f"--object-manager-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            # 0/0 lets every worker bind a random port instead of two heads sharing 10002-19999.
+            "--min-worker-port=0",
+            "--max-worker-port=0",
+        ]
+        if self.num_cpus is not None:
+            command.append(f"--num-cpus={self.num_cpus}")
+        return command
+
+    async def start(self) -> str:
+        """Start the head and wait for its dashboard; returns the dashboard URL (the job submission address)."""
+        if self.dashboard_url is not None:
+            return self.dashboard_url
+        self.temp_dir = await asyncio.to_thread(self._make_temp_dir)
+        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        env.pop("RAY_ADDRESS", None)
+        process = await asyncio.create_subprocess_exec(
+            *self._command(self.temp_dir),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
+        # `ray start` is the leader of a new session that every head process (gcs, raylet, dashboard) inherits.
+        self._session_id = process.pid
+        try:
+            output, _ = await asyncio.wait_for(process.communicate(), timeout=self.startup_timeout)
+        except TimeoutError:
+            await self.stop()
+            raise RayStartError(f"`ray start --head` did not finish within {self.startup_timeout:.0f} s") from None
+        if process.returncode != 0:
+            tail = output.decode(errors="replace")[-2000:]
+            await self.stop()
+            raise RayStartError(f"`ray start --head` exited with {process.returncode}: {tail}")
+        url = f"http://127.0.0.1:{self.dashboard_port}"
+        try:
+            await self._wait_for_dashboard(url)
+        except RayStartError:
+            await self.stop()
+            raise
+        self.dashboard_url = url
+        logger.info("local Ray head up: dashboard %s, GCS %s, temp dir %s", url, self.gcs_address, self.temp_dir)
+        return url
+
+    async def _wait_for_dashboard(self, url: str) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            while True:
+                try:
+                    response = await http.get(f"{url}/api/jobs/")
+                    if response.status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RayStartError(f"the Ray dashboard at {url} did not answer within {self.startup_timeout} s")
+                await asyncio.sleep(0.25)
+
+    def _owned_processes(self) -> list[psutil.Process]:
+        """This head's processes: its session, and stray drivers pointing at its GCS or temp dir."""
+        me = os.getpid()
+        found: list[psutil.Process] = []
+        markers = [m for m in (str(self.temp_dir) if self.temp_dir else None, self._gcs_marker()) if m]
+        for proc in psutil.process_iter():
+            if proc.pid == me:
+                continue
+            try:
+                if self._session_id is not None and os.getsid(proc.pid) == self._session_id:
+                    found.append(proc)
+                    continue
+                if markers and self._mentions(proc, markers):
+                    found.append(proc)
+            except (psutil.Error, ProcessLookupError, PermissionError):
+                continue
+        return found
+
+    def _gcs_marker(self) -> str | None:
+        return self.gcs_address if self.gcs_port is not None else None
+
+    @staticmethod
+    def _mentions(proc: psutil.Process, markers: list[str]) -> bool:
+        cmdline = " ".join(proc.cmdline())
+        if any(marker in cmdline for marker in markers):
+            return True
+        with contextlib.suppress(psutil.Error):
+            environ = proc.environ()
+            address = environ.get("RAY_ADDRESS", "")
+            return any(marker in address for marker in markers)
+        return False
+
+    def _kill_owned(self, grace_seconds: float) -> int:
+        procs = [p for p in self._owned_processes() if p.status() != psutil.STATUS_ZOMBIE]
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signal.SIGTERM)
+        _, alive = psutil.wait_procs(procs, timeout=grace_seconds)
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=grace_seconds)
+        return len(procs)
+
+    async def stop(self) -> None:
+        """Stop only this head's processes and remove its temp dir; safe to call twice."""
+        if self._session_id is not None or self.temp_dir is not None:
+            await asyncio.to_thread(self._kill_owned, 5.0)
+            # Job drivers live in sessions of their own and die a moment after their supervisor: sweep again.
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(self._kill_owned, 3.0)
+        if self.temp_dir is not None:
+            await asyncio.to_thread(shutil.rmtree, self.temp_dir, True)
+        self._session_id = None
+        self.temp_dir = None
+        self.dashboard_url = None
+        self.gcs_port = None
+        self.dashboard_port = None
