@@ -14,7 +14,7 @@ class SlashRouter(APIRouter):
     def add_api_route(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().add_api_route(path, endpoint, **kwargs)
         twin = path[:-1] if path.endswith("/") else path + "/"
-        if twin and twin != path:
+        if (twin or self.prefix) and twin != path:  # "/" under a prefix: the twin is the bare prefix
             twin_kwargs = dict(kwargs)
             twin_kwargs["include_in_schema"] = False
             if twin_kwargs.get("operation_id"):
