@@ -1,0 +1,171 @@
+"""`serverless-gateway serve`: database, migrations, a local Ray head if needed, then uvicorn until a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import sys
+from contextlib import ExitStack
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import uvicorn
+
+from . import __version__
+from .app import create_app
+from .config import Settings
+from .db import create_engine, create_sessionmaker
+from .embedded_db import embedded_postgres
+from .errors import NotFound
+from .schema import upgrade_database
+from .services import accounts
+
+if TYPE_CHECKING:
+    from .engine.local_ray import LocalRayHead
+
+logger = logging.getLogger(__name__)
+
+DEV_USER = "dev"
+GRACEFUL_SHUTDOWN_SECONDS = 10
+
+
+class ServeError(RuntimeError):
+    """`serve` cannot go on; the message is for the operator."""
+
+
+class ShutdownSignals:
+    """SIGINT/SIGTERM outside uvicorn's own handling: ask the server (or the start-up) to stop."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.server: uvicorn.Server | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, sig: int, frame: FrameType | None) -> None:
+        # uvicorn re-raises the signal it handled once it has shut down; that lands here and only records it.
+        self.received = sig
+        if self.server is not None:
+            self.server.should_exit = True
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Listen before anything slow starts, so a busy port fails at once."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def default_public_url(host: str, port: int) -> str:
+    """Where jobs on this machine reach the gateway: a wildcard address becomes the loopback address."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+async def ensure_dev_user(database_url: str) -> str | None:
+    """Create the `dev` user if it does not exist yet; its token, or None when it already existed."""
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with create_sessionmaker(engine).begin() as session:
+            try:
+                await accounts.require_user(session, DEV_USER)
+                return None
+            except NotFound:
+                _, token = await accounts.create_user(session, username=DEV_USER)
+                return token
+    finally:
+        await engine.dispose()
+
+
+def print_dev_token(token: str) -> None:
+    bar = "=" * 78
+    sys.stdout.write(
+        f"{bar}\n"
+        f"Created the user '{DEV_USER}' on the embedded database. Its API token, shown only this once:\n\n"
+        f"    {token}\n\n"
+        f"Use it as 'Authorization: Bearer <token>'. Another one: serverless-gateway token create {DEV_USER}\n"
+        f"{bar}\n"
+    )
+    sys.stdout.flush()
+
+
+def _local_ray_head(settings: Settings) -> LocalRayHead | None:
+    try:
+        from .engine.local_ray import LocalRayHead
+    except ImportError:
+        logger.warning("no local Ray head support in this build: set GATEWAY_RAY_ADDRESS to use a Ray cluster")
+        return None
+    return LocalRayHead((settings.data_dir / "ray").resolve())
+
+
+async def _serve(settings: Settings, sock: socket.socket, signals: ShutdownSignals) -> None:
+    ray_head: LocalRayHead | None = None
+    try:
+        if settings.run_engine and settings.ray_address is None:
+            ray_head = _local_ray_head(settings)
+            if ray_head is not None:
+                logger.info("starting a local Ray head (GATEWAY_RAY_ADDRESS is unset)")
+                address = await ray_head.start()
+                settings = settings.model_copy(update={"ray_address": address})
+        if signals.requested:
+            return
+        config = uvicorn.Config(
+            create_app(settings),
+            lifespan="on",
+            log_level="info",
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        )
+        server = uvicorn.Server(config)
+        signals.server = server
+        logger.info("serverless-gateway %s listening on %s (API docs at /docs)", __version__, settings.public_url)
+        await server.serve(sockets=[sock])
+    finally:
+        signals.server = None
+        if ray_head is not None:
+            logger.info("stopping the local Ray head")
+            await ray_head.stop()
+
+
+def serve(settings: Settings, *, host: str, port: int) -> None:
+    """Run the gateway until SIGINT or SIGTERM, then stop what it started (Ray head, embedded PostgreSQL)."""
+    signals = ShutdownSignals()
+    signals.install()
+    with ExitStack() as stack:
+        sock = bind_socket(host, port)
+        stack.callback(sock.close)
+        embedded = settings.database_url is None
+        if embedded:
+            logger.info("starting the embedded PostgreSQL under %s", settings.data_dir / "postgres")
+            url = stack.enter_context(embedded_postgres(settings.data_dir))
+            settings = settings.model_copy(update={"database_url": url})
+        assert settings.database_url is not None
+        asyncio.run(upgrade_database(settings.database_url))
+        if embedded:
+            token = asyncio.run(ensure_dev_user(settings.database_url))
+            if token is not None:
+                print_dev_token(token)
+        if settings.public_url is None:
+            settings = settings.model_copy(update={"public_url": default_public_url(host, sock.getsockname()[1])})
+        if not signals.requested:
+            asyncio.run(_serve(settings, sock, signals))
