@@ -1,0 +1,1 @@
+"""Benchmarks of the gateway (run `python -m bench.api_bench --help`)."""
