@@ -22,13 +22,19 @@ class MigrationsNotFound(RuntimeError):
     """Neither a source checkout nor an installed copy of the migrations could be found."""
 
 
+CHECKOUT_MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+
+
 def migrations_dir() -> Path:
     """The directory holding `env.py` and `versions/`: the checkout's when there is one, else the installed copy."""
-    checkout = Path(__file__).resolve().parents[2] / "migrations"
+    return find_migrations(CHECKOUT_MIGRATIONS, DISTRIBUTION)
+
+
+def find_migrations(checkout: Path, distribution: str) -> Path:
     if (checkout / "env.py").is_file():
         return checkout
     try:
-        files = importlib.metadata.distribution(DISTRIBUTION).files or []
+        files = importlib.metadata.distribution(distribution).files or []
     except importlib.metadata.PackageNotFoundError:
         files = []
     for file in files:
