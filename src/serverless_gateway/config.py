@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     max_running_jobs_per_user: int = Field(default=8, gt=0, description="Jobs handed to Ray per user.")
     max_workers: int = Field(default=16, gt=0, description="Largest `config.workers` a run may ask for.")
     log_max_bytes: int = Field(default=50 * MIB, gt=0, description="Stored logs are capped to their tail.")
+    max_result_bytes: int = Field(default=64 * MIB, gt=0, description="Largest result a job may save.")
     dependency_allowlist: list[str] | None = Field(
         default=None, description="If set, the only package names a program may depend on (JSON list)."
     )
