@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from . import __version__
-from .api import docs, files, jobs, openapi, programs, system
+from .api import dependencies, docs, files, jobs, openapi, programs, system
 from .auth import TokenCache
 from .config import Settings
 from .db import create_engine, create_sessionmaker
@@ -69,7 +69,7 @@ def create_app(settings: Settings, *, start_engine: bool | None = None) -> FastA
         generate_unique_id_function=_operation_id,
     )
     install_error_handlers(app)
-    for router in (programs.router, jobs.router, files.router, system.router):
+    for router in (programs.router, jobs.router, files.router, dependencies.router, system.router):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(system.router, include_in_schema=False)
     docs.install_docs(app)

@@ -46,3 +46,12 @@ async def test_openapi_documents_errors_and_security(client: AsyncClient) -> Non
     for path, item in schema["paths"].items():
         for operation in item.values():
             assert "422" not in operation["responses"], path
+
+
+async def test_dependencies_versions_needs_auth_and_lists_allowlist(client: AsyncClient, make_user) -> None:  # type: ignore[no-untyped-def]
+    user = await make_user()
+    assert (await client.get("/api/v1/dependencies-versions/")).status_code == 401
+    for path in ("/api/v1/dependencies-versions/", "/api/v1/dependencies-versions"):
+        response = await client.get(path, headers=user.headers)
+        assert response.status_code == 200
+        assert response.json() == []
