@@ -8,10 +8,12 @@ from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Select,
     Table,
     Text,
     and_,
+    bindparam,
     delete,
     exists,
     func,
@@ -96,6 +98,52 @@ async def find_visible(
     return rows[0] if rows else None
 
 
+# The run path is the hot one: its statements are built once, with bind parameters, so each request skips
+# building the SQL tree and computing its cache key.
+_UUID = PG_UUID(as_uuid=True)
+_USER = cast(Any, bindparam("user_id", type_=_UUID))
+_RUN_COLUMNS = (Program.id, Program.disabled, Program.disabled_reason, Program.arguments_schema)
+_RUN_LOCK = func.pg_advisory_xact_lock(literal(_RUN_LOCK_NAMESPACE), func.hashtext(func.cast(_USER, Text)))
+_FIND_OWN_FOR_RUN = select(*_RUN_COLUMNS, literal(True), _RUN_LOCK).where(
+    Program.provider_id.is_(None), Program.author_id == _USER, Program.title == bindparam("title")
+)
+_FIND_PROVIDED_FOR_RUN = (
+    select(*_RUN_COLUMNS, program_runnable(_USER), _RUN_LOCK)
+    .join(Provider, Provider.id == Program.provider_id)
+    .where(Provider.name == bindparam("provider"), Program.title == bindparam("title"), program_visible(_USER))
+)
+
+
+def _queue_job_statement() -> Select[Any]:
+    author = bindparam("author_id", type_=_UUID)
+    limit = bindparam("limit", type_=Integer)
+    active = (
+        select(Job.id)
+        .where(Job.author_id == author, Job.status.in_(sorted(s.value for s in ACTIVE_STATUSES)))
+        .limit(limit)
+        .subquery()
+    )
+    below_limit = select(func.count()).select_from(active).scalar_subquery() < limit
+    values = select(
+        bindparam("job_id", type_=_UUID),
+        bindparam("program_id", type_=_UUID),
+        author,
+        literal(JobStatus.QUEUED.value),
+        bindparam("arguments", type_=Text),
+        bindparam("config", type_=JSONB),
+    ).where(below_limit)
+    queued = (
+        insert(_JOB_TABLE)
+        .from_select(["id", "program_id", "author_id", "status", "arguments", "config"], values)
+        .returning(_JOB_TABLE.c.id)
+        .cte("queued")
+    )
+    return select(queued.c.id, func.pg_notify(JOBS_CHANNEL, func.cast(queued.c.id, Text)))
+
+
+_QUEUE_JOB = _queue_job_statement()
+
+
 async def find_for_run(
     session: AsyncSession, user_id: uuid.UUID, *, title: str, provider: str | None
 ) -> RunTarget | None:
@@ -104,19 +152,13 @@ async def find_for_run(
     The lock (released at commit or rollback) serialises one user's concurrent runs, so the active-job
     count taken afterwards by `queue_job_within_limit` cannot be raced past the limit.
     """
-    lock = func.pg_advisory_xact_lock(literal(_RUN_LOCK_NAMESPACE), func.hashtext(str(user_id)))
-    columns = (Program.id, Program.disabled, Program.disabled_reason, Program.arguments_schema)
+    connection = await session.connection()
     if provider is None:
-        query = select(*columns, literal(True), lock).where(
-            Program.provider_id.is_(None), Program.author_id == user_id, Program.title == title
-        )
+        result = await connection.execute(_FIND_OWN_FOR_RUN, {"user_id": user_id, "title": title})
     else:
-        query = (
-            select(*columns, program_runnable(user_id), lock)
-            .join(Provider, Provider.id == Program.provider_id)
-            .where(Provider.name == provider, Program.title == title, program_visible(user_id))
-        )
-    row = (await session.execute(query)).first()
+        params = {"user_id": user_id, "title": title, "provider": provider}
+        result = await connection.execute(_FIND_PROVIDED_FOR_RUN, params)
+    row = result.first()
     if row is None:
         return None
     return RunTarget(id=row[0], disabled=row[1], disabled_reason=row[2], arguments_schema=row[3], can_run=bool(row[4]))
@@ -136,29 +178,16 @@ async def queue_job_within_limit(
 
     One statement: count, insert and notify. False (nothing inserted) when the limit is reached.
     """
-    active = (
-        select(Job.id)
-        .where(Job.author_id == author_id, Job.status.in_([s.value for s in ACTIVE_STATUSES]))
-        .limit(limit)
-        .subquery()
-    )
-    below_limit = select(func.count()).select_from(active).scalar_subquery() < limit
-    values = select(
-        literal(job_id, PG_UUID(as_uuid=True)),
-        literal(program_id, PG_UUID(as_uuid=True)),
-        literal(author_id, PG_UUID(as_uuid=True)),
-        literal(JobStatus.QUEUED.value),
-        literal(arguments, Text),
-        literal(config, JSONB),
-    ).where(below_limit)
-    queued = (
-        insert(_JOB_TABLE)
-        .from_select(["id", "program_id", "author_id", "status", "arguments", "config"], values)
-        .returning(_JOB_TABLE.c.id)
-        .cte("queued")
-    )
-    notify = select(queued.c.id, func.pg_notify(JOBS_CHANNEL, func.cast(queued.c.id, Text)))
-    return (await session.execute(notify)).first() is not None
+    connection = await session.connection()
+    params = {
+        "job_id": job_id,
+        "program_id": program_id,
+        "author_id": author_id,
+        "arguments": arguments,
+        "config": config,
+        "limit": limit,
+    }
+    return (await connection.execute(_QUEUE_JOB, params)).first() is not None
 
 
 async def upsert_program(
