@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     )
     sync_interval_seconds: float = Field(default=1.0, gt=0, description="How often running jobs are synced.")
     sweep_interval_seconds: float = Field(default=5.0, gt=0, description="Safety-net sweep for QUEUED jobs.")
+    job_entrypoint_num_cpus: float = Field(
+        default=0.0, ge=0, description="CPUs a job's entrypoint reserves on Ray (Ray's default 0; caps bound jobs)."
+    )
     run_engine: bool = Field(default=True, description="Run the dispatcher inside the API process.")
     token_cache_seconds: float = Field(default=5.0, ge=0, description="How long a checked token is trusted.")
 

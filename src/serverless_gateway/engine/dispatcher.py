@@ -1,0 +1,214 @@
+"""Claiming QUEUED jobs fairly and submitting them to Ray exactly once.
+
+A claim commits PENDING, the derived submission id and the job token's hash before Ray is called, so a crash
+after the submission is recoverable; `submitted_at` is recorded once Ray accepted. A job whose submission failed
+transiently stays PENDING (without `submitted_at`) and is resubmitted with the same submission id: if the first
+attempt did reach Ray, Ray refuses the duplicate and the job is simply marked submitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+from ..auth import hash_token, new_job_token
+from ..models import JobStatus
+from ..repositories import engine as repo
+from ..repositories.engine import ClaimedJob
+from ..services.job_state import transition
+from ..state import GatewayState
+from ..storage.base import StorageError
+from .joblogs import logs_key
+from .ray_client import RayJobNotFound, RayJobs, RayRejected, RayUnavailable
+from .submission import SubmissionRejected, build_submission, submission_id_for
+from .workdirs import Workdirs
+
+logger = logging.getLogger(__name__)
+
+RETRY_BASE_SECONDS = 1.0
+RETRY_MAX_SECONDS = 15.0
+
+
+class Dispatcher:
+    """Claims work within the caps and submits it; remembers which PENDING jobs this process is still handling."""
+
+    def __init__(
+        self,
+        *,
+        state: GatewayState,
+        ray: RayJobs,
+        workdirs: Workdirs,
+        batch: int = 32,
+        concurrency: int = 8,
+        on_submitted: Callable[[], None] = lambda: None,
+    ):
+        self.state = state
+        self.ray = ray
+        self.workdirs = workdirs
+        self.batch = batch
+        self.on_submitted = on_submitted
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._in_flight: set[uuid.UUID] = set()
+        self._retry_at: dict[uuid.UUID, tuple[float, int]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.submitted_count = 0
+
+    def owns(self, job_id: uuid.UUID) -> bool:
+        """True while this process is submitting the job or waiting to retry it."""
+        return job_id in self._in_flight
+
+    def next_retry_in(self) -> float | None:
+        if not self._retry_at:
+            return None
+        return max(0.0, min(due for due, _ in self._retry_at.values()) - time.monotonic())
+
+    def _spawn(self, job_id: uuid.UUID, coroutine: Coroutine[Any, Any, None]) -> None:
+        async def guarded() -> None:
+            try:
+                await coroutine
+            except Exception:  # the job stays PENDING without submitted_at: the status sync adopts it later
+                logger.exception("submitting job %s failed", job_id)
+                self._in_flight.discard(job_id)
+
+        task = asyncio.create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def dispatch(self) -> int:
+        """Claim batches until the caps or the queue are exhausted; submissions run in the background."""
+        total = 0
+        while True:
+            claimed = await self._claim_batch()
+            for item, token in claimed:
+                self._spawn(item.job.id, self._submit(item, token, attempt=0))
+            total += len(claimed)
+            if len(claimed) < self.batch:
+                return total
+
+    async def _claim_batch(self) -> list[tuple[ClaimedJob, str]]:
+        settings = self.state.settings
+        prepared: list[tuple[ClaimedJob, str]] = []
+        async with self.state.sessionmaker() as session, session.begin():
+            claimed = await repo.claim_queued(
+                session,
+                max_running=settings.max_running_jobs,
+                per_user=settings.max_running_jobs_per_user,
+                batch=self.batch,
+            )
+            for item in claimed:
+                token = new_job_token()
+                item.job.ray_submission_id = submission_id_for(item.job.id)
+                item.job.token_hash = hash_token(token)
+                transition(item.job, JobStatus.PENDING)
+                prepared.append((item, token))
+        self._in_flight.update(item.job.id for item, _ in prepared)
+        return prepared
+
+    async def _submit(self, item: ClaimedJob, token: str, *, attempt: int) -> None:
+        job_id = item.job.id
+        try:
+            async with self._semaphore:
+                submission = await build_submission(
+                    item, token=token, settings=self.state.settings, workdirs=self.workdirs
+                )
+                try:
+                    await self.ray.submit(
+                        submission_id=submission.submission_id,
+                        entrypoint=submission.entrypoint,
+                        runtime_env=submission.runtime_env,
+                        metadata=submission.metadata,
+                        entrypoint_num_cpus=submission.entrypoint_num_cpus,
+                    )
+                finally:
+                    await self.workdirs.remove_job_package(job_id)
+        except (SubmissionRejected, RayRejected) as exc:
+            await self._fail(job_id, f"The job could not be submitted: {exc}")
+        except (RayUnavailable, RayJobNotFound, StorageError, OSError) as exc:
+            self._schedule_retry(job_id, attempt, str(exc))
+        except Exception:
+            logger.exception("submitting job %s failed unexpectedly; will retry", job_id)
+            self._schedule_retry(job_id, attempt, "unexpected error")
+        else:
+            await self._mark_submitted(job_id, attempt)
+
+    async def _mark_submitted(self, job_id: uuid.UUID, attempt: int) -> None:
+        try:
+            async with self.state.sessionmaker() as session, session.begin():
+                await repo.mark_submitted(session, [job_id], datetime.now(UTC))
+        except Exception as exc:  # the status sync records it later from Ray's job list
+            logger.warning("could not record the submission of job %s: %s", job_id, exc)
+        self._in_flight.discard(job_id)
+        self._retry_at.pop(job_id, None)
+        self.submitted_count += 1
+        self.on_submitted()
+
+    def _schedule_retry(self, job_id: uuid.UUID, attempt: int, why: str) -> None:
+        delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2**attempt)
+        logger.warning("submission of job %s failed (%s); retrying in %.0f s", job_id, why, delay)
+        self._in_flight.add(job_id)
+        self._retry_at[job_id] = (time.monotonic() + delay, attempt + 1)
+
+    def adopt(self, job_id: uuid.UUID) -> None:
+        """Take over a PENDING job that never reached Ray (its submitter crashed): resubmit it now."""
+        if job_id in self._in_flight:
+            return
+        self._in_flight.add(job_id)
+        self._retry_at[job_id] = (time.monotonic(), 0)
+
+    def run_due_retries(self) -> None:
+        now = time.monotonic()
+        for job_id, (due, attempt) in list(self._retry_at.items()):
+            if due <= now:
+                del self._retry_at[job_id]
+                self._spawn(job_id, self._resubmit(job_id, attempt))
+
+    async def _resubmit(self, job_id: uuid.UUID, attempt: int) -> None:
+        submission_id = submission_id_for(job_id)
+        try:
+            if await self.ray.job_state(submission_id) is not None:
+                await self._mark_submitted(job_id, attempt)
+                return
+        except RayUnavailable as exc:
+            self._schedule_retry(job_id, attempt, str(exc))
+            return
+        token = new_job_token()
+        async with self.state.sessionmaker() as session, session.begin():
+            item = await repo.load_for_resubmit(session, job_id)
+            if item is None:  # finished, stopped, submitted or locked by another replica meanwhile
+                self._in_flight.discard(job_id)
+                return
+            if item.job.stop_requested:
+                transition(item.job, JobStatus.STOPPED, message="Stopped before it started.")
+                self._in_flight.discard(job_id)
+                return
+            item.job.token_hash = hash_token(token)
+        await self._submit(item, token, attempt=attempt)
+
+    async def _fail(self, job_id: uuid.UUID, reason: str) -> None:
+        """FAILED with the reason in the job's logs (a submission that can never work)."""
+        key = logs_key(job_id)
+        try:
+            await self.state.storage.put_bytes(key, f"[gateway] {reason}\n".encode())
+        except StorageError as exc:
+            logger.warning("could not store the logs of job %s: %s", job_id, exc)
+            key = ""
+        async with self.state.sessionmaker() as session, session.begin():
+            for job in await repo.lock_jobs(session, [job_id]):
+                if not JobStatus(job.status).is_terminal():
+                    if key:
+                        job.logs_key = key
+                    transition(job, JobStatus.FAILED, message=reason[:1000])
+        self._in_flight.discard(job_id)
+        self._retry_at.pop(job_id, None)
+        self.on_submitted()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

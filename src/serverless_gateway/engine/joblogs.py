@@ -1,0 +1,53 @@
+"""Turning Ray's log text into the stored job log: the result fallback line taken out, the size capped to the tail."""
+
+from __future__ import annotations
+
+import json
+
+from .launcher import RESULT_MARKER
+
+LOGS_PREFIX = "logs/"
+
+
+def logs_key(job_id: object) -> str:
+    return f"{LOGS_PREFIX}{job_id}.log"
+
+
+def extract_result(raw: str) -> tuple[str, str | None]:
+    """Remove the launcher's result fallback line (printed when the gateway was unreachable); return it decoded."""
+    if RESULT_MARKER not in raw:
+        return raw, None
+    kept: list[str] = []
+    result: str | None = None
+    for line in raw.splitlines(keepends=True):
+        if line.startswith(RESULT_MARKER):
+            try:
+                decoded = json.loads(line[len(RESULT_MARKER) :].strip())
+            except ValueError:
+                decoded = None
+            if isinstance(decoded, str):
+                result = decoded
+            continue
+        kept.append(line)
+    return "".join(kept), result
+
+
+def cap_tail(text: str, max_bytes: int) -> str:
+    """Keep the last `max_bytes` bytes of the log, with a note saying how much was dropped."""
+    data = text.encode("utf-8", errors="replace")
+    if len(data) <= max_bytes:
+        return text
+    tail = data[len(data) - max_bytes :]
+    newline = tail.find(b"\n")
+    if 0 <= newline < 4096:
+        tail = tail[newline + 1 :]
+    dropped = len(data) - len(tail)
+    note = f"[gateway] logs truncated: the first {dropped} bytes were dropped (limit {max_bytes} bytes)\n"
+    return note + tail.decode("utf-8", errors="replace")
+
+
+def first_line(message: str | None, limit: int = 1000) -> str | None:
+    if not message:
+        return None
+    line = message.strip().splitlines()[0] if message.strip() else ""
+    return line[:limit] or None

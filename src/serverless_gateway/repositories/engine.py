@@ -1,0 +1,194 @@
+"""SQL of the execution engine: fair claiming of QUEUED jobs, the active set for status sync, row locks."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
+
+from ..models import Job, JobStatus, Program, User
+
+# Claims from every gateway replica are serialized by this transaction-level advisory lock, so the global and
+# per-user caps hold across replicas (claiming is a few milliseconds; SKIP LOCKED still skips rows that an API
+# request holds, for instance a stop in progress).
+CLAIM_LOCK_KEY = 0x6A6F6273  # "jobs"
+
+_RUNNING = (JobStatus.PENDING.value, JobStatus.RUNNING.value)
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveJob:
+    """A PENDING or RUNNING job as the status sync needs it."""
+
+    id: uuid.UUID
+    status: JobStatus
+    submission_id: str | None
+    stop_requested: bool
+    submitted_at: datetime | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A job just moved to PENDING, with what its submission needs."""
+
+    job: Job
+    program: Program
+    username: str
+
+
+async def count_running(session: AsyncSession) -> int:
+    return int(await session.scalar(select(func.count()).select_from(Job).where(Job.status.in_(_RUNNING))) or 0)
+
+
+async def pick_fair_candidates(session: AsyncSession, *, slots: int, per_user: int) -> list[uuid.UUID]:
+    """QUEUED job ids to start next: oldest first per user, round-robin across users, within the per-user cap."""
+    active = (
+        select(Job.author_id.label("author_id"), func.count().label("n"))
+        .where(Job.status.in_(_RUNNING))
+        .group_by(Job.author_id)
+        .cte("active")
+    )
+    ranked = (
+        select(
+            Job.id.label("id"),
+            Job.author_id.label("author_id"),
+            Job.created_at.label("created_at"),
+            func.row_number().over(partition_by=Job.author_id, order_by=(Job.created_at, Job.id)).label("rn"),
+        )
+        .where(Job.status == JobStatus.QUEUED.value, Job.stop_requested.is_(False))
+        .cte("ranked")
+    )
+    query = (
+        select(ranked.c.id)
+        .select_from(ranked.outerjoin(active, active.c.author_id == ranked.c.author_id))
+        .where(ranked.c.rn + func.coalesce(active.c.n, 0) <= per_user)
+        .order_by(ranked.c.rn, ranked.c.created_at, ranked.c.id)
+        .limit(slots)
+    )
+    return list((await session.scalars(query)).all())
+
+
+async def claim_queued(session: AsyncSession, *, max_running: int, per_user: int, batch: int) -> list[ClaimedJob]:
+    """Lock the next fair batch of QUEUED jobs (committed rows only) for this transaction; caps respected."""
+    await session.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
+    slots = min(batch, max_running - await count_running(session))
+    if slots <= 0:
+        return []
+    ids = await pick_fair_candidates(session, slots=slots, per_user=per_user)
+    if not ids:
+        return []
+    rows = await session.execute(
+        select(Job, Program, User.username)
+        .join(Program, Program.id == Job.program_id)
+        .join(User, User.id == Job.author_id)
+        .where(Job.id.in_(ids), Job.status == JobStatus.QUEUED.value)
+        .options(defer(Job.result))
+        .with_for_update(of=Job, skip_locked=True)
+    )
+    order = {job_id: index for index, job_id in enumerate(ids)}
+    claimed = [ClaimedJob(job=job, program=program, username=username) for job, program, username in rows.all()]
+    claimed.sort(key=lambda item: order[item.job.id])
+    return claimed
+
+
+async def load_for_resubmit(session: AsyncSession, job_id: uuid.UUID) -> ClaimedJob | None:
+    """A PENDING job that never reached Ray, locked, with its program (None if it moved on meanwhile)."""
+    row = (
+        await session.execute(
+            select(Job, Program, User.username)
+            .join(Program, Program.id == Job.program_id)
+            .join(User, User.id == Job.author_id)
+            .where(Job.id == job_id, Job.status == JobStatus.PENDING.value, Job.submitted_at.is_(None))
+            .options(defer(Job.result))
+            .with_for_update(of=Job, skip_locked=True)
+        )
+    ).first()
+    if row is None:
+        return None
+    return ClaimedJob(job=row[0], program=row[1], username=row[2])
+
+
+async def load_active(session: AsyncSession) -> list[ActiveJob]:
+    """Every PENDING and RUNNING job, in one query."""
+    rows = await session.execute(
+        select(Job.id, Job.status, Job.ray_submission_id, Job.stop_requested, Job.submitted_at, Job.updated_at).where(
+            Job.status.in_(_RUNNING)
+        )
+    )
+    return [
+        ActiveJob(
+            id=row[0],
+            status=JobStatus(row[1]),
+            submission_id=row[2],
+            stop_requested=bool(row[3]),
+            submitted_at=row[4],
+            updated_at=row[5],
+        )
+        for row in rows.all()
+    ]
+
+
+async def lock_jobs(session: AsyncSession, job_ids: Iterable[uuid.UUID]) -> list[Job]:
+    """Lock jobs for an update in this transaction (arguments and result are not loaded)."""
+    ids = list(job_ids)
+    if not ids:
+        return []
+    result = await session.scalars(
+        select(Job).where(Job.id.in_(ids)).options(defer(Job.arguments), defer(Job.result)).with_for_update()
+    )
+    return list(result.all())
+
+
+async def has_result(session: AsyncSession, job_id: uuid.UUID) -> bool:
+    return bool(await session.scalar(select(Job.result.is_not(None)).where(Job.id == job_id)))
+
+
+async def mark_submitted(session: AsyncSession, job_ids: Sequence[uuid.UUID], at: datetime) -> None:
+    """Record that Ray accepted these submissions."""
+    if job_ids:
+        await session.execute(
+            update(Job)
+            .where(Job.id.in_(list(job_ids)), Job.submitted_at.is_(None))
+            .values(submitted_at=at)
+            .execution_options(synchronize_session=False)
+        )
+
+
+async def statuses(session: AsyncSession, job_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, JobStatus]:
+    ids = list(job_ids)
+    if not ids:
+        return {}
+    rows = await session.execute(select(Job.id, Job.status).where(Job.id.in_(ids)))
+    return {row[0]: JobStatus(row[1]) for row in rows.all()}
+
+
+async def stop_requested_jobs(session: AsyncSession) -> list[ActiveJob]:
+    """Non-terminal jobs whose stop was asked for."""
+    rows = await session.execute(
+        select(Job.id, Job.status, Job.ray_submission_id, Job.stop_requested, Job.submitted_at, Job.updated_at).where(
+            Job.stop_requested.is_(True),
+            Job.status.in_((JobStatus.QUEUED.value, *_RUNNING)),
+        )
+    )
+    return [
+        ActiveJob(
+            id=row[0],
+            status=JobStatus(row[1]),
+            submission_id=row[2],
+            stop_requested=True,
+            submitted_at=row[4],
+            updated_at=row[5],
+        )
+        for row in rows.all()
+    ]
+
+
+async def database_now(session: AsyncSession) -> datetime:
+    value: datetime = (await session.execute(text("SELECT now()"))).scalar_one()
+    return value
