@@ -1,7 +1,386 @@
-"""Endpoints under /api/v1/jobs/ (being built)."""
+"""Endpoints under /api/v1/jobs/: lists, one job, result, logs, stop, sub-status, events, runtime jobs."""
 
 from __future__ import annotations
 
+import json
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import Query, Request, Response
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.types import Message
+
+from ..deps import PrincipalDep, SessionDep, SettingsDep, StateDep, UserDep, parse_uuid
+from ..errors import BadRequest, ErrorDetail, PayloadTooLarge, ValidationFailed, error_responses
+from ..models import JobStatus
+from ..repositories.jobs import JobFilters
+from ..schemas.common import Message as MessageOut
+from ..schemas.jobs import (
+    JobEventIn,
+    JobEventOut,
+    JobLogsOut,
+    JobOut,
+    JobPage,
+    JobResultOut,
+    JobSummaryOut,
+    RuntimeJobIn,
+    RuntimeJobOut,
+    RuntimeJobsOut,
+    SubStatus,
+    SubStatusIn,
+)
+from ..schemas.programs import ProgramFilter
+from ..services import jobs as service
 from .routing import SlashRouter
 
 router = SlashRouter(prefix="/jobs", tags=["jobs"])
+
+MAX_OFFSET = 1_000_000_000
+MAX_SMALL_BODY = 1024 * 1024
+_TZ_AFTER_SPACE = re.compile(r" (\d{2}(?::?\d{2})?)$")
+
+
+def _form_or_json_body(schema: dict[str, Any], *, required: bool) -> dict[str, Any]:
+    """OpenAPI text for a body read by hand: the same fields as JSON, a url-encoded form or a multipart form."""
+    content = {
+        media: {"schema": schema}
+        for media in ("application/json", "application/x-www-form-urlencoded", "multipart/form-data")
+    }
+    return {"requestBody": {"required": required, "content": content}}
+
+
+_RESULT_BODY = _form_or_json_body(
+    {
+        "type": "object",
+        "required": ["result"],
+        "properties": {"result": {"type": "string", "description": "The result as a JSON string."}},
+    },
+    required=True,
+)
+_SUB_STATUS_BODY = _form_or_json_body(
+    {
+        "type": "object",
+        "required": ["sub_status"],
+        "properties": {"sub_status": {"type": "string", "enum": [s.value for s in SubStatus]}},
+    },
+    required=True,
+)
+_STOP_BODY = {
+    "requestBody": {
+        "required": False,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"service": {"description": "Ignored: the client's runtime service, JSON-encoded."}},
+                }
+            }
+        },
+    }
+}
+
+
+def _limited(request: Request, limit: int) -> Request:
+    """The same request, refusing (413) a body larger than `limit` bytes, by Content-Length or while reading."""
+    message = f"The request body is larger than the limit of {limit} bytes."
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(message)
+    received = 0
+    receive = request.receive
+
+    async def counting_receive() -> Message:
+        nonlocal received
+        chunk = await receive()
+        if chunk["type"] == "http.request":
+            received += len(chunk.get("body", b""))
+            if received > limit:
+                raise PayloadTooLarge(message)
+        return chunk
+
+    return Request(request.scope, counting_receive)
+
+
+async def read_fields(request: Request, *, limit: int) -> dict[str, Any]:
+    """A JSON object body or a form body (url-encoded or multipart) as a dict; {} when there is no body."""
+    limited = _limited(request, limit)
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        form = await limited.form(max_part_size=limit)
+        fields: dict[str, Any] = {}
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                fields[name] = (await value.read()).decode("utf-8", errors="replace")
+            else:
+                fields[name] = value
+        await form.close()
+        return fields
+    body = await limited.body()
+    if not body.strip():
+        return {}
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("Invalid request: the body is neither JSON nor a form.") from None
+    if not isinstance(parsed, dict):
+        raise BadRequest("Invalid request: the body must be a JSON object.")
+    return parsed
+
+
+def parse_created_after(value: str | None) -> datetime | None:
+    """An ISO 8601 time (a `+` that arrived as a space is restored); naive times are UTC."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    for candidate in (text, _TZ_AFTER_SPACE.sub(r"+\1", text)):
+        try:
+            parsed = datetime.fromisoformat(candidate)
+        except ValueError:
+            continue
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    message = "not an ISO 8601 date and time (for example 2024-01-15T10:30:00Z)"
+    raise ValidationFailed(
+        f"Invalid request: created_after: {message}", [ErrorDetail(loc=["query", "created_after"], msg=message)]
+    )
+
+
+def _page(request: Request, count: int, results: list[JobSummaryOut], limit: int, offset: int) -> JobPage:
+    """A page with absolute `next`/`previous` links: the request's URL with only `limit` and `offset` changed."""
+    next_url = None
+    if offset + limit < count:
+        next_url = str(request.url.include_query_params(limit=limit, offset=offset + limit))
+    previous_url = None
+    if offset > 0:
+        previous_url = str(request.url.include_query_params(limit=limit, offset=max(0, min(offset, count) - limit)))
+    return JobPage(count=count, next=next_url, previous=previous_url, results=results)
+
+
+FunctionQuery = Annotated[str | None, Query(max_length=255, description="Only jobs of the function with this title.")]
+ProviderQuery = Annotated[str | None, Query(max_length=150, description="Only jobs of this provider's functions.")]
+StatusQuery = Annotated[JobStatus | None, Query(description="Only jobs in this status.")]
+FilterQuery = Annotated[
+    ProgramFilter | None, Query(description="`catalog`: provider functions; `serverless`: your own functions.")
+]
+CreatedAfterQuery = Annotated[
+    str | None, Query(max_length=64, description="Only jobs created after this ISO 8601 time (naive: UTC).")
+]
+LimitQuery = Annotated[int, Query(ge=1, description="Page size (at most the gateway's maximum page size).")]
+OffsetQuery = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Jobs to skip.")]
+
+
+def _filters(
+    function: str | None, provider: str | None, status: JobStatus | None, kind: ProgramFilter | None, after: str | None
+) -> JobFilters:
+    return JobFilters(
+        function=function or None,
+        provider=provider or None,
+        status=status,
+        catalog=None if kind is None else kind == ProgramFilter.CATALOG,
+        created_after=parse_created_after(after),
+    )
+
+
+@router.get(
+    "/",
+    response_model=JobPage,
+    summary="List your jobs, newest first",
+    responses=error_responses(400, 401, 403),
+)
+async def list_jobs(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    user: UserDep,
+    function: FunctionQuery = None,
+    provider: ProviderQuery = None,
+    status: StatusQuery = None,
+    filter: FilterQuery = None,
+    created_after: CreatedAfterQuery = None,
+    limit: LimitQuery = 10,
+    offset: OffsetQuery = 0,
+) -> JobPage:
+    filters = _filters(function, provider, status, filter, created_after)
+    count, results = await service.list_jobs(
+        session, user=user, filters=filters, limit=limit, offset=offset, max_page_size=settings.max_page_size
+    )
+    return _page(request, count, results, limit, offset)
+
+
+@router.get(
+    "/provider/",
+    response_model=JobPage,
+    summary="List the jobs of every user on the functions of the providers you administer",
+    description="A user who administers no provider gets an empty page; naming a provider you do not administer "
+    "answers 404.",
+    responses=error_responses(400, 401, 403, 404),
+)
+async def list_provider_jobs(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    user: UserDep,
+    function: FunctionQuery = None,
+    provider: ProviderQuery = None,
+    status: StatusQuery = None,
+    filter: FilterQuery = None,
+    created_after: CreatedAfterQuery = None,
+    limit: LimitQuery = 10,
+    offset: OffsetQuery = 0,
+) -> JobPage:
+    filters = _filters(function, provider, status, filter, created_after)
+    count, results = await service.list_provider_jobs(
+        session, user=user, filters=filters, limit=limit, offset=offset, max_page_size=settings.max_page_size
+    )
+    return _page(request, count, results, limit, offset)
+
+
+@router.get(
+    "/{job_id}/",
+    response_model=JobOut,
+    summary="Get one of your jobs",
+    responses=error_responses(400, 401, 404),
+)
+async def get_job(
+    session: SessionDep,
+    principal: PrincipalDep,
+    job_id: str,
+    with_result: Annotated[bool, Query(description="Include the job's result (default true).")] = True,
+) -> JobOut:
+    return await service.get_job(
+        session, principal=principal, job_id=parse_uuid(job_id, "Job"), with_result=with_result
+    )
+
+
+@router.get(
+    "/{job_id}/result/",
+    response_model=JobResultOut,
+    summary="Get a job's result as a JSON string (204 when there is none yet)",
+    responses={204: {"description": "The job has no result yet."}, **error_responses(401, 404)},
+)
+async def get_result(session: SessionDep, principal: PrincipalDep, job_id: str) -> Response | JobResultOut:
+    result = await service.get_result(session, principal=principal, job_id=parse_uuid(job_id, "Job"))
+    if result is None:
+        return Response(status_code=204)
+    return JobResultOut(result=result)
+
+
+@router.post(
+    "/{job_id}/result/",
+    response_model=JobOut,
+    summary="Save a running job's result (legacy; a form or JSON field `result` holding a JSON string)",
+    responses=error_responses(400, 401, 404, 409, 413),
+    openapi_extra=_RESULT_BODY,
+)
+async def save_result(
+    request: Request, session: SessionDep, settings: SettingsDep, principal: PrincipalDep, job_id: str
+) -> JobOut:
+    uuid_ = parse_uuid(job_id, "Job")
+    fields = await read_fields(request, limit=settings.max_result_bytes + 64 * 1024)
+    return await service.save_result(session, principal=principal, job_id=uuid_, result=fields.get("result"))
+
+
+@router.get(
+    "/{job_id}/logs/",
+    response_model=JobLogsOut,
+    summary="Get a job's logs (empty until it runs)",
+    responses=error_responses(401, 404),
+)
+async def get_logs(state: StateDep, session: SessionDep, principal: PrincipalDep, job_id: str) -> JobLogsOut:
+    logs = await service.read_logs(state, session, principal=principal, job_id=parse_uuid(job_id, "Job"))
+    return JobLogsOut(logs=logs)
+
+
+@router.get(
+    "/{job_id}/provider-logs/",
+    response_model=JobLogsOut,
+    summary="Get the whole logs of a job of your provider's function (provider admins only)",
+    responses=error_responses(401, 403, 404),
+)
+async def get_provider_logs(state: StateDep, session: SessionDep, principal: PrincipalDep, job_id: str) -> JobLogsOut:
+    logs = await service.read_provider_logs(state, session, principal=principal, job_id=parse_uuid(job_id, "Job"))
+    return JobLogsOut(logs=logs)
+
+
+@router.post(
+    "/{job_id}/stop/",
+    response_model=MessageOut,
+    summary="Stop a job (QUEUED: at once; PENDING or RUNNING: through Ray; finished: nothing to do)",
+    responses=error_responses(401, 404),
+    openapi_extra=_STOP_BODY,
+)
+async def stop_job(state: StateDep, session: SessionDep, principal: PrincipalDep, job_id: str) -> MessageOut:
+    message = await service.stop_job(
+        session, principal=principal, job_id=parse_uuid(job_id, "Job"), wake=state.wake_dispatcher
+    )
+    return MessageOut(message=message)
+
+
+@router.patch(
+    "/{job_id}/sub_status/",
+    response_model=JobOut,
+    summary="Say what a running job is doing (form or JSON field `sub_status`)",
+    responses=error_responses(400, 401, 404, 409, 413),
+    openapi_extra=_SUB_STATUS_BODY,
+)
+async def set_sub_status(request: Request, session: SessionDep, principal: PrincipalDep, job_id: str) -> JobOut:
+    uuid_ = parse_uuid(job_id, "Job")
+    fields = await read_fields(request, limit=MAX_SMALL_BODY)
+    try:
+        body = SubStatusIn.model_validate({"sub_status": fields.get("sub_status")})
+    except ValidationError:
+        allowed = ", ".join(s.value for s in SubStatus)
+        raise ValidationFailed(
+            f"Invalid request: sub_status: must be one of {allowed}",
+            [ErrorDetail(loc=["body", "sub_status"], msg=f"must be one of {allowed}")],
+        ) from None
+    return await service.set_sub_status(session, principal=principal, job_id=uuid_, sub_status=body.sub_status)
+
+
+@router.post(
+    "/{job_id}/event/",
+    response_model=JobEventOut,
+    summary="Record an event of a job (what `send_error` posts from inside a job)",
+    responses=error_responses(400, 401, 404, 413),
+)
+async def add_event(session: SessionDep, principal: PrincipalDep, job_id: str, body: JobEventIn) -> JobEventOut:
+    return await service.add_event(session, principal=principal, job_id=parse_uuid(job_id, "Job"), event=body)
+
+
+@router.get(
+    "/{job_id}/events/",
+    response_model=list[JobEventOut],
+    summary="List a job's events, oldest first",
+    responses=error_responses(400, 401, 404),
+)
+async def list_events(
+    session: SessionDep,
+    principal: PrincipalDep,
+    job_id: str,
+    type: Annotated[str | None, Query(max_length=32, description="Only events of this type (e.g. ERROR).")] = None,
+) -> list[JobEventOut]:
+    return await service.list_events(session, principal=principal, job_id=parse_uuid(job_id, "Job"), event_type=type)
+
+
+@router.get(
+    "/{job_id}/runtime_jobs/",
+    response_model=RuntimeJobsOut,
+    summary="List the Qiskit Runtime jobs a job started",
+    responses=error_responses(401, 404),
+)
+async def list_runtime_jobs(session: SessionDep, principal: PrincipalDep, job_id: str) -> RuntimeJobsOut:
+    rows = await service.list_runtime_jobs(session, principal=principal, job_id=parse_uuid(job_id, "Job"))
+    return RuntimeJobsOut(runtime_jobs=rows)
+
+
+@router.post(
+    "/{job_id}/runtime_jobs/",
+    response_model=RuntimeJobOut,
+    summary="Record a Qiskit Runtime job a job started",
+    responses=error_responses(400, 401, 404),
+)
+async def add_runtime_job(
+    session: SessionDep, principal: PrincipalDep, job_id: str, body: RuntimeJobIn
+) -> RuntimeJobOut:
+    return await service.add_runtime_job(session, principal=principal, job_id=parse_uuid(job_id, "Job"), body=body)
