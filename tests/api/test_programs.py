@@ -169,6 +169,10 @@ async def test_dependency_allowlist(
         ({"arguments_schema": '{"type": 5}'}, "not a valid JSON Schema"),
         ({"arguments_schema": "[1]"}, "object or a boolean"),
         ({"version": "v" * 65}, "at most 64"),
+        ({"title": "trailing-newline\n"}, "title"),
+        ({"env_vars": '{"A": "\\ud800"}'}, "invalid character"),
+        ({"env_vars": '{"A": "nul\\u0000"}'}, "invalid character"),
+        ({"provider": "not a name!"}, "not a valid provider name"),
     ],
 )
 async def test_upload_bad_fields(
@@ -357,6 +361,8 @@ async def test_list_filters_and_order(app: FastAPI, client: AsyncClient, alice: 
     assert len(by_provider) == 2
     bad = await client.get("/api/v1/programs/?filter=everything", headers=alice.headers)
     assert bad.status_code == 400
+    bad_provider = await client.get("/api/v1/programs/", params={"provider": "nul\x00"}, headers=alice.headers)
+    assert bad_provider.status_code == 400
 
 
 async def test_get_by_title(app: FastAPI, client: AsyncClient, alice: conftest.TestUser) -> None:
@@ -383,6 +389,10 @@ async def test_get_by_title(app: FastAPI, client: AsyncClient, alice: conftest.T
     assert missing.json() == {"message": "Program 'nope' not found."}
     conflicting = await client.get("/api/v1/programs/get_by_title/ibm/fn/?provider=other", headers=alice.headers)
     assert conflicting.status_code == 400
+    odd = await client.get("/api/v1/programs/get_by_title/fn", params={"provider": "a\x00b"}, headers=alice.headers)
+    assert odd.status_code == 400
+    control = await client.get("/api/v1/programs/get_by_title/f%00n", headers=alice.headers)
+    assert control.status_code == 400
 
 
 async def test_provider_title_form_on_upload(app: FastAPI, client: AsyncClient, alice: conftest.TestUser) -> None:

@@ -126,6 +126,7 @@ async def test_run_without_arguments_stores_an_empty_object(
         ({"title": "hello", "config": {"min_workers": 4, "max_workers": 2}}, "must not exceed config.max_workers"),
         ({"title": "hello", "config": "big"}, "config"),
         ({"title": "a/b/c"}, "at most one slash"),
+        ({"title": "hello", "provider": "no such!"}, "not a valid provider name"),
     ],
 )
 async def test_run_bad_input(
@@ -143,6 +144,18 @@ async def test_run_with_malformed_json(client: AsyncClient, alice: conftest.Test
     )
     assert response.status_code == 400
     assert "JSON" in response.json()["message"]
+
+
+async def test_run_with_arguments_postgres_cannot_store(client: AsyncClient, alice: conftest.TestUser) -> None:
+    await upload_program(client, alice, "hello")
+    # The arguments string holds a lone surrogate once decoded: valid JSON, but not UTF-8.
+    body = b'{"title": "hello", "arguments": "{\\"a\\": \\"\\ud800\\"}"}'
+    headers = {**alice.headers, "Content-Type": "application/json"}
+    response = await client.post(RUN, headers=headers, content=body)
+    assert response.status_code == 400, response.text
+    assert "not valid UTF-8" in response.json()["message"]
+    as_object = await client.post(RUN, headers=headers, content=b'{"title": "hello", "arguments": {"a": "\\ud800"}}')
+    assert as_object.status_code == 200  # re-encoded with escapes, so it is stored fine
 
 
 async def test_run_ignores_unknown_config_keys(client: AsyncClient, alice: conftest.TestUser) -> None:
@@ -270,6 +283,15 @@ async def test_validate_arguments(client: AsyncClient, alice: conftest.TestUser)
     assert "$.shots" in wrong_type.json()["message"]
     not_json = await client.post(VALIDATE, headers=alice.headers, json={"title": "typed", "arguments": "{"})
     assert not_json.status_code == 400
+
+
+async def test_schema_that_cannot_be_applied(client: AsyncClient, alice: conftest.TestUser) -> None:
+    await upload_program(client, alice, "remote", arguments_schema='{"$ref": "https://example.invalid/schema.json"}')
+    response = await client.post(VALIDATE, headers=alice.headers, json={"title": "remote", "arguments": {}})
+    assert response.status_code == 400
+    assert "cannot be applied" in response.json()["message"]
+    run = await client.post(RUN, headers=alice.headers, json={"title": "remote"})
+    assert run.status_code == 400
 
 
 async def test_validate_arguments_without_a_schema(client: AsyncClient, alice: conftest.TestUser) -> None:

@@ -21,6 +21,7 @@ from ..schemas.programs import (
     ValidateArgumentsRequest,
 )
 from ..services import programs as service
+from ..services.program_inputs import PROVIDER_PATTERN
 from .routing import SlashRouter
 
 router = SlashRouter(prefix="/programs", tags=["programs"])
@@ -73,7 +74,9 @@ async def list_programs(
         ProgramFilter | None,
         Query(description="`serverless`: your own programs; `catalog`: provider programs."),
     ] = None,
-    provider: Annotated[str | None, Query(max_length=150, description="Only this provider's programs.")] = None,
+    provider: Annotated[
+        str | None, Query(pattern=PROVIDER_PATTERN, description="Only this provider's programs.")
+    ] = None,
 ) -> list[ProgramOut]:
     return await service.list_programs(session, user=user, kind=filter, provider=provider)
 

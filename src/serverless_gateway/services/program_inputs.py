@@ -12,10 +12,12 @@ from jsonschema.protocols import Validator
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from ..errors import ErrorDetail, ValidationFailed
+from ..errors import BadRequest, ErrorDetail, ValidationFailed
 from ..models import ProgramType
 
-_TITLE = re.compile(r"^[^/\x00-\x1f\x7f]{1,255}$")
+_TITLE = re.compile(r"^[^/\x00-\x1f\x7f\ud800-\udfff]{1,255}$")
+PROVIDER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,149}$"
+_PROVIDER = re.compile(PROVIDER_PATTERN)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 MAX_DEPENDENCIES = 200
 MAX_ENV_VARS = 200
@@ -39,9 +41,20 @@ def split_title(title: str, provider: str | None) -> tuple[str | None, str]:
         if provider is not None and provider != head:
             raise invalid("provider", f"the title names provider {head!r} but the provider field says {provider!r}")
         provider, title = head, tail
-    if not _TITLE.match(title):
+    if not _TITLE.fullmatch(title):
         raise invalid("title", "must be 1 to 255 characters, without '/' or control characters")
+    if provider is not None and not _PROVIDER.fullmatch(provider):
+        raise invalid("provider", "not a valid provider name")
     return provider, title
+
+
+def _encodable(text: str) -> bool:
+    """PostgreSQL stores UTF-8 without NUL: refuse what it would reject (lone surrogates, NUL)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
 
 
 def parse_dependencies(values: list[str] | None, allowlist: list[str] | None) -> list[str] | None:
@@ -89,12 +102,12 @@ def parse_env_vars(raw: str | None) -> dict[str, str] | None:
     if len(parsed) > MAX_ENV_VARS:
         raise invalid("env_vars", f"at most {MAX_ENV_VARS} variables")
     for name, value in parsed.items():
-        if not _ENV_NAME.match(name):
+        if not _ENV_NAME.fullmatch(name):
             raise invalid("env_vars", f"{name!r} is not a valid environment variable name")
         if not isinstance(value, str):
             raise invalid("env_vars", f"the value of {name!r} must be a string")
-        if len(value) > MAX_ENV_VALUE or "\x00" in value:
-            raise invalid("env_vars", f"the value of {name!r} is too long or holds a NUL character")
+        if len(value) > MAX_ENV_VALUE or not _encodable(value):
+            raise invalid("env_vars", f"the value of {name!r} is too long or holds a NUL or invalid character")
     return parsed
 
 
@@ -109,8 +122,8 @@ def parse_type(raw: str | None) -> ProgramType | None:
 
 
 def check_text(field: str, raw: str | None, max_length: int) -> str | None:
-    if raw is not None and (len(raw) > max_length or "\x00" in raw):
-        raise invalid(field, f"at most {max_length} characters, no NUL")
+    if raw is not None and (len(raw) > max_length or not _encodable(raw)):
+        raise invalid(field, f"at most {max_length} characters, no NUL or invalid characters")
     return raw
 
 
@@ -157,6 +170,8 @@ def parse_arguments(value: dict[str, Any] | str | None) -> tuple[str, dict[str, 
         return "{}", {}
     if not isinstance(decoded, dict):
         raise invalid("arguments", "must be a JSON object")
+    if not _encodable(text):
+        raise invalid("arguments", "holds characters that are not valid UTF-8 (lone surrogates)")
     return text, decoded
 
 
@@ -171,7 +186,10 @@ def check_arguments(schema_text: str | None, arguments: dict[str, Any]) -> None:
     """400 naming the first (most relevant) mismatch when the arguments do not satisfy the program's schema."""
     if not schema_text:
         return
-    error = exceptions.best_match(_validator(schema_text).iter_errors(arguments))
+    try:
+        error = exceptions.best_match(_validator(schema_text).iter_errors(arguments))
+    except Exception as exc:  # a stored schema can still fail when applied (an unresolvable remote $ref, say)
+        raise BadRequest(f"the program's arguments schema cannot be applied: {exc}") from None
     if error is None:
         return
     where = error.json_path if error.absolute_path else "arguments"
