@@ -150,7 +150,8 @@ class S3Storage:
         except ClientError as exc:
             raise self._client_error(exc, what, key) from exc
         except _CREDENTIAL_ERRORS as exc:
-            raise StorageUnavailable(f"S3 credentials unusable for {self._where}: {exc}") from exc
+            hint = " (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)" if isinstance(exc, NoCredentialsError) else ""
+            raise StorageUnavailable(f"S3 credentials unusable for {self._where}: {exc}{hint}") from exc
         except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise StorageUnavailable(f"S3 {what} failed, {self._where} unreachable: {exc}") from exc
 
