@@ -443,6 +443,7 @@ class LoadResult:
     loadgen_cpu: float
     postgres_cpu: float
     machine_busy: float
+    new_connections: int
     what_if: str = ""
     all_rps: list[float] = field(default_factory=list)
 
@@ -471,12 +472,29 @@ def _cpu_seconds(procs: list[psutil.Process]) -> dict[int, float]:
     return seconds
 
 
-def _snapshot(server: psutil.Process) -> tuple[dict[int, float], dict[int, float], float, float]:
+Snapshot = tuple[dict[int, float], dict[int, float], float, float, int]
+
+
+def _snapshot(server: psutil.Process, url: str) -> Snapshot:
+    """CPU seconds of the server tree and of every postgres process, the machine's busy/total, DB sessions."""
     tree = [server, *server.children(recursive=True)]
     postgres = [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("postgres")]
     machine = psutil.cpu_times()
     idle = machine.idle + getattr(machine, "iowait", 0.0)
-    return _cpu_seconds(tree), _cpu_seconds(postgres), sum(machine) - idle, sum(machine)
+    return _cpu_seconds(tree), _cpu_seconds(postgres), sum(machine) - idle, sum(machine), _db_sessions(url)
+
+
+def _db_sessions(url: str) -> int:
+    """Connections ever opened to the database (pg_stat_database.sessions), this probe's own included."""
+
+    async def query() -> int:
+        conn = await asyncpg.connect(_plain(url))
+        try:
+            return int(await conn.fetchval("SELECT sessions FROM pg_stat_database WHERE datname = current_database()"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(query())
 
 
 def _delta(before: dict[int, float], after: dict[int, float]) -> float:
@@ -508,16 +526,16 @@ def serve_and_load(
         )  # fmt: skip
         assert load.stdout is not None
         handle = psutil.Process(server.pid)
-        before = after = _snapshot(handle)
+        before = after = _snapshot(handle, env["GATEWAY_DATABASE_URL"])
         report: dict[str, Any] = {}
         profiler: subprocess.Popen[bytes] | None = None
         for line in load.stdout:
             if line.startswith("GO"):
-                before = _snapshot(handle)
+                before = _snapshot(handle, env["GATEWAY_DATABASE_URL"])
                 if args.profile and app == "gateway":
                     profiler = _start_profiler(server.pid, args, args.profile / f"{app}-w{workers}.txt")
             elif line.startswith("END"):
-                after = _snapshot(handle)
+                after = _snapshot(handle, env["GATEWAY_DATABASE_URL"])
             elif line.startswith("{"):
                 report = json.loads(line)
         if load.wait() != 0 or not report:
@@ -544,6 +562,7 @@ def serve_and_load(
         loadgen_cpu=report["cpu"],
         postgres_cpu=_delta(before[1], after[1]),
         machine_busy=(after[2] - before[2]) / max(1e-9, after[3] - before[3]),
+        new_connections=after[4] - before[4] - 1,
     )
 
 
@@ -680,10 +699,11 @@ def print_run_table(results: list[LoadResult], args: argparse.Namespace) -> bool
     )
     print("Baseline 'bare': a FastAPI endpoint doing one INSERT INTO job through SQLAlchemy async, same pool.")
     print("CPU columns are CPU-ms per request: server process(es), load generator, all postgres processes;")
-    print("'busy' is the whole machine's CPU use during the window (other helpers' work shows there too).")
+    print("'busy' is the whole machine's CPU use during the window (other helpers' work shows there too);")
+    print("'conns' counts database connections opened during the window (pool churn).")
     header = (
         f"{'server':<21}{'app':<24}{'req/s':>7}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'errors':>7}"
-        f"{'srv cpu':>8}{'gen cpu':>8}{'pg cpu':>7}{'busy':>6}  target"
+        f"{'srv cpu':>8}{'gen cpu':>8}{'pg cpu':>7}{'busy':>6}{'conns':>6}  target"
     )
     print(header)
     print("-" * len(header))
@@ -696,7 +716,7 @@ def print_run_table(results: list[LoadResult], args: argparse.Namespace) -> bool
             f"{r.label:<21}{name:<24}{r.rps:>7.0f}{statistics.median(r.latencies_ms or [0]):>8.1f}"
             f"{_pct(r.latencies_ms, 0.95):>8.1f}{_pct(r.latencies_ms, 0.99):>8.1f}{r.errors:>7}"
             f"{r.server_cpu * 1000 / done:>8.2f}{r.loadgen_cpu * 1000 / done:>8.2f}"
-            f"{r.postgres_cpu * 1000 / done:>7.2f}{r.machine_busy * 100:>5.0f}%"
+            f"{r.postgres_cpu * 1000 / done:>7.2f}{r.machine_busy * 100:>5.0f}%{r.new_connections:>6}"
         )
         if r.app == "gateway":
             passed = r.rps >= RUN_TARGET_RPS and r.errors == 0
