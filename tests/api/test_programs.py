@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from serverless_gateway.storage.base import ObjectInfo
+from serverless_gateway.auth import hash_token, new_job_token
+from serverless_gateway.storage.base import ObjectInfo, StorageUnavailable
 from tests import conftest
 from tests.api.programs_support import UPLOAD, grant, make_provider, special, tar_of, tune_settings
 from tests.conftest import make_tar, upload_program
@@ -337,6 +341,41 @@ async def test_oversized_body_without_content_length_is_counted(client: AsyncCli
     assert response.status_code == 413, response.text
     assert "larger than the limit" in response.json()["message"]
     assert sent < 64  # reading stopped at the limit
+
+
+async def test_storage_outage_answers_503(
+    app: FastAPI, client: AsyncClient, alice: conftest.TestUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Unreachable:
+        async def exists(self, key: str) -> bool:
+            raise StorageUnavailable("connection refused")
+
+    monkeypatch.setattr(app.state.gateway, "storage", Unreachable())
+    response = await post_upload(client, alice, tar_of(MAIN))
+    assert response.status_code == 503
+    assert "storage is unavailable" in response.json()["message"]
+    monkeypatch.undo()
+    listing = await client.get("/api/v1/programs/", headers=alice.headers)
+    assert listing.json() == []  # nothing half-made
+
+
+async def test_a_job_token_cannot_manage_programs(
+    client: AsyncClient, db_engine: AsyncEngine, alice: conftest.TestUser
+) -> None:
+    await upload_program(client, alice, "prog")
+    run = await client.post("/api/v1/programs/run/", headers=alice.headers, json={"title": "prog"})
+    job_token = new_job_token()
+    async with db_engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE job SET token_hash = :hash WHERE id = :id"),
+            {"hash": hash_token(job_token), "id": uuid.UUID(run.json()["id"])},
+        )
+    headers = {"Authorization": f"Bearer {job_token}"}
+    assert (await client.get("/api/v1/programs/", headers=headers)).status_code == 403
+    assert (
+        await post_upload(client, conftest.TestUser(alice.id, alice.name, job_token), tar_of(MAIN))
+    ).status_code == 403
+    assert (await client.post("/api/v1/programs/run/", headers=headers, json={"title": "prog"})).status_code == 403
 
 
 async def test_list_filters_and_order(app: FastAPI, client: AsyncClient, alice: conftest.TestUser) -> None:

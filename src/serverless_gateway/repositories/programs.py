@@ -14,7 +14,6 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
-    delete,
     exists,
     func,
     literal,
@@ -237,11 +236,3 @@ async def grant_access(session: AsyncSession, program_id: uuid.UUID, group_id: u
             index_elements=[ProgramAccess.program_id, ProgramAccess.group_id], set_={"level": statement.excluded.level}
         )
     )
-
-
-async def revoke_access(session: AsyncSession, program_id: uuid.UUID, group_id: uuid.UUID) -> bool:
-    """Remove a group's grant; False when there was none."""
-    result = await session.execute(
-        delete(ProgramAccess).where(ProgramAccess.program_id == program_id, ProgramAccess.group_id == group_id)
-    )
-    return bool(getattr(result, "rowcount", 0))
