@@ -8,12 +8,13 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TypeVar
-
-from sqlalchemy.ext.asyncio import AsyncSession
+from typing import TYPE_CHECKING, TypeVar
 
 from . import __version__
 from .config import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 T = TypeVar("T")
 
@@ -179,11 +180,13 @@ def _describe(exc: BaseException) -> str | None:
     from .embedded_db import EmbeddedDatabaseError
     from .errors import GatewayError
     from .schema import MigrationsNotFound
-    from .server import ServeError
 
     if isinstance(exc, GatewayError):
         return exc.message
-    if isinstance(exc, CommandError | SettingsError | ServeError | EmbeddedDatabaseError | MigrationsNotFound):
+    if isinstance(exc, CommandError | SettingsError | EmbeddedDatabaseError | MigrationsNotFound):
+        return str(exc)
+    server = sys.modules.get("serverless_gateway.server")  # loaded only by `serve`, which is slow to import
+    if server is not None and isinstance(exc, server.ServeError):
         return str(exc)
     if isinstance(exc, sqlalchemy.exc.DBAPIError):
         cause = exc.orig.__cause__ if exc.orig is not None else None
