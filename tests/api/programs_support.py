@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from httpx import AsyncClient
 
 from serverless_gateway.services import accounts
 from serverless_gateway.services import programs as program_service
@@ -72,3 +73,13 @@ def special(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
     info.type = kind
     info.linkname = linkname
     return info
+
+
+MAIN = ("main.py", b"print('hi')\n")
+
+
+async def post_upload(client: AsyncClient, user: TestUser, archive: bytes | None, **fields: Any) -> Any:
+    data = {"title": "prog", "entrypoint": "main.py", **fields}
+    data = {key: value for key, value in data.items() if value is not None}
+    files = {"artifact": ("artifact.tar", archive, "application/x-tar")} if archive is not None else None
+    return await client.post(UPLOAD, headers=user.headers, data=data, files=files)
