@@ -6,6 +6,7 @@ import asyncio
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from serverless_gateway.server import default_public_url
-from tests.cli_support import cli_env, run_cli, serving
+from tests.cli_support import CLI, cli_env, run_cli, serving
 from tests.conftest import upload_program
 
 if TYPE_CHECKING:
@@ -210,3 +211,27 @@ def test_serve_on_a_busy_port_fails_at_once(env: dict[str, str], tmp_path: Path)
 )
 def test_the_default_public_url_is_reachable_from_this_machine(host: str, port: int, expected: str) -> None:
     assert default_public_url(host, port) == expected
+
+
+def test_the_dispatcher_needs_a_public_url(env: dict[str, str]) -> None:
+    assert "GATEWAY_PUBLIC_URL" in one_line_error(run_cli("dispatcher", env=env))
+
+
+def test_the_dispatcher_runs_the_engine_until_sigterm(env: dict[str, str], tmp_path: Path) -> None:
+    env = {**env, "GATEWAY_RAY_ADDRESS": "http://127.0.0.1:9", "GATEWAY_PUBLIC_URL": "http://127.0.0.1:8000"}
+    log_path = tmp_path / "dispatcher.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen([*CLI, "dispatcher"], env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while "dispatcher running" not in log_path.read_text():
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log_path.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+    assert "dispatcher stopped" in log_path.read_text()

@@ -40,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=8000, help="port to listen on (default 8000)")
 
+    commands.add_parser(
+        "dispatcher",
+        help="run only the engine (no HTTP API), beside API replicas started with GATEWAY_RUN_ENGINE=false",
+    )
     commands.add_parser("migrate", help="apply the database migrations and exit")
 
     user = commands.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
@@ -207,6 +211,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             _configure_logging()
             serve(settings, host=args.host, port=args.port)
+        elif args.command == "dispatcher":
+            from .server import dispatch
+
+            _configure_logging()
+            dispatch(settings)
         elif args.command == "migrate":
             _migrate(settings)
         else:

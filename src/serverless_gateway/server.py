@@ -119,32 +119,73 @@ def _local_ray_head(settings: Settings) -> LocalRayHead | None:
     return LocalRayHead((settings.data_dir / "ray").resolve())
 
 
-async def _serve(settings: Settings, sock: socket.socket, signals: ShutdownSignals) -> None:
-    ray_head: LocalRayHead | None = None
+async def _start_ray_head(head: LocalRayHead) -> str:
+    from .engine.local_ray import RayStartError
+
+    logger.info("starting a local Ray head (GATEWAY_RAY_ADDRESS is unset)")
     try:
-        if settings.run_engine and settings.ray_address is None:
-            ray_head = _local_ray_head(settings)
-            if ray_head is not None:
-                logger.info("starting a local Ray head (GATEWAY_RAY_ADDRESS is unset)")
-                address = await ray_head.start()
-                settings = settings.model_copy(update={"ray_address": address})
-        if signals.requested:
-            return
-        config = uvicorn.Config(
-            create_app(settings),
-            lifespan="on",
-            log_level="info",
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        )
-        server = uvicorn.Server(config)
-        signals.server = server
-        logger.info("serverless-gateway %s listening on %s (API docs at /docs)", __version__, settings.public_url)
+        return await head.start()
+    except RayStartError as exc:
+        logger.error("%s", exc)
+        raise ServeError(
+            "cannot start a local Ray head (see above); set GATEWAY_RAY_ADDRESS to use a Ray cluster"
+        ) from None
+
+
+async def _serve_http(settings: Settings, sock: socket.socket, signals: ShutdownSignals) -> None:
+    config = uvicorn.Config(
+        create_app(settings),
+        lifespan="on",
+        log_level="info",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    server = uvicorn.Server(config)
+    signals.server = server
+    logger.info("serverless-gateway %s listening on %s (API docs at /docs)", __version__, settings.public_url)
+    try:
         await server.serve(sockets=[sock])
     finally:
         signals.server = None
+
+
+async def _dispatch_only(settings: Settings, signals: ShutdownSignals) -> None:
+    """The app's lifespan (database, storage, engine) without the HTTP server, until a signal."""
+    app = create_app(settings, start_engine=True)
+    async with app.router.lifespan_context(app):
+        logger.info("dispatcher running for %s (no HTTP API here); stop it with SIGINT or SIGTERM", settings.public_url)
+        while not signals.requested:
+            await asyncio.sleep(0.2)
+    logger.info("dispatcher stopped")
+
+
+async def _run(settings: Settings, signals: ShutdownSignals, sock: socket.socket | None) -> None:
+    """Start a local Ray head when the engine needs one, then serve (or only dispatch) until a signal."""
+    needs_ray = settings.run_engine or sock is None
+    ray_head = _local_ray_head(settings) if needs_ray and settings.ray_address is None else None
+    try:
+        if ray_head is not None:
+            settings = settings.model_copy(update={"ray_address": await _start_ray_head(ray_head)})
+        if signals.requested:
+            return
+        if sock is None:
+            await _dispatch_only(settings, signals)
+        else:
+            await _serve_http(settings, sock, signals)
+    finally:
         if ray_head is not None:
             logger.info("stopping the local Ray head")
             await ray_head.stop()
+
+
+def _prepare_database(settings: Settings, stack: ExitStack) -> Settings:
+    """The configured database, else the embedded one (stopped when `stack` closes); migrated either way."""
+    if settings.database_url is None:
+        logger.info("starting the embedded PostgreSQL under %s", settings.data_dir / "postgres")
+        url = stack.enter_context(embedded_postgres(settings.data_dir))
+        settings = settings.model_copy(update={"database_url": url})
+    assert settings.database_url is not None
+    asyncio.run(upgrade_database(settings.database_url))
+    return settings
 
 
 def serve(settings: Settings, *, host: str, port: int) -> None:
@@ -155,12 +196,8 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
         sock = bind_socket(host, port)
         stack.callback(sock.close)
         embedded = settings.database_url is None
-        if embedded:
-            logger.info("starting the embedded PostgreSQL under %s", settings.data_dir / "postgres")
-            url = stack.enter_context(embedded_postgres(settings.data_dir))
-            settings = settings.model_copy(update={"database_url": url})
+        settings = _prepare_database(settings, stack)
         assert settings.database_url is not None
-        asyncio.run(upgrade_database(settings.database_url))
         if embedded:
             token = asyncio.run(ensure_dev_user(settings.database_url))
             if token is not None:
@@ -168,4 +205,16 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
         if settings.public_url is None:
             settings = settings.model_copy(update={"public_url": default_public_url(host, sock.getsockname()[1])})
         if not signals.requested:
-            asyncio.run(_serve(settings, sock, signals))
+            asyncio.run(_run(settings, signals, sock))
+
+
+def dispatch(settings: Settings) -> None:
+    """Run only the engine (for scaling out beside API replicas that set GATEWAY_RUN_ENGINE=false)."""
+    if settings.public_url is None:
+        raise ServeError("the dispatcher needs GATEWAY_PUBLIC_URL: the URL where jobs reach a gateway API replica")
+    signals = ShutdownSignals()
+    signals.install()
+    with ExitStack() as stack:
+        settings = _prepare_database(settings, stack)
+        if not signals.requested:
+            asyncio.run(_run(settings, signals, None))
