@@ -207,8 +207,9 @@ async def test_upload_without_the_entrypoint(client: AsyncClient, alice: conftes
 
 async def test_entrypoint_in_a_subdirectory_and_dot_prefix(client: AsyncClient, alice: conftest.TestUser) -> None:
     archive = tar_of(special("./src", tarfile.DIRTYPE), ("./src/job.py", b"print(1)\n"))
-    response = await post_upload(client, alice, archive, entrypoint="src/job.py")
+    response = await post_upload(client, alice, archive, entrypoint="./src//job.py")
     assert response.status_code == 200, response.text
+    assert response.json()["entrypoint"] == "src/job.py"  # stored normalised
 
 
 async def test_gzip_tar_is_accepted(client: AsyncClient, alice: conftest.TestUser) -> None:

@@ -137,9 +137,13 @@ async def upload(
         type=type,
         arguments_schema=arguments_schema,
     )
-    stored = service.Artifact(file=artifact.file, size=artifact.size or 0) if artifact is not None else None
     return await service.upload_program(
-        session, storage=storage, settings=settings, user=user, fields=fields, artifact=stored
+        session,
+        storage=storage,
+        settings=settings,
+        user=user,
+        fields=fields,
+        artifact=artifact.file if artifact is not None else None,
     )
 
 

@@ -19,7 +19,7 @@ from ..repositories import programs as repo
 from ..schemas.programs import ProgramFilter, ProgramOut, RunOut, RunRequest, ValidateArgumentsOut
 from ..storage import Storage
 from . import accounts
-from .artifacts import ArtifactLimits, check_artifact, store_artifact
+from .artifacts import ArtifactLimits, check_artifact, check_entrypoint, store_artifact
 from .program_inputs import (
     MAX_DESCRIPTION,
     MAX_VERSION,
@@ -51,14 +51,6 @@ class UploadFields:
     version: str | None = None
     type: str | None = None
     arguments_schema: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Artifact:
-    """The uploaded archive: a seekable file and its size in bytes."""
-
-    file: BinaryIO
-    size: int
 
 
 def program_out(row: repo.ProgramRow) -> ProgramOut:
@@ -106,9 +98,9 @@ async def upload_program(
     settings: Settings,
     user: Principal,
     fields: UploadFields,
-    artifact: Artifact | None,
+    artifact: BinaryIO | None,
 ) -> ProgramOut:
-    """Create or update (same author or provider, same title) a program."""
+    """Create or update (same author or provider, same title) a program; `artifact` is a seekable tar file."""
     provider_name, title = split_title(fields.title, fields.provider)
     if fields.image:
         raise BadRequest(
@@ -116,6 +108,7 @@ async def upload_program(
         )
     if not fields.entrypoint:
         raise invalid("entrypoint", "Field required")
+    entrypoint = check_entrypoint(fields.entrypoint)
     if artifact is None:
         raise invalid("artifact", "Field required (a tar archive of the program's directory)")
     dependencies = parse_dependencies(fields.dependencies, settings.dependency_allowlist)
@@ -126,12 +119,10 @@ async def upload_program(
     schema_sent, schema_text = parse_arguments_schema(fields.arguments_schema)
 
     provider_id = await _provider_for_upload(session, user, provider_name) if provider_name else None
-    info = await check_artifact(
-        artifact.file, entrypoint=fields.entrypoint, limits=ArtifactLimits.from_settings(settings)
-    )
-    key = await store_artifact(storage, artifact.file, info)
+    info = await check_artifact(artifact, entrypoint=entrypoint, limits=ArtifactLimits.from_settings(settings))
+    key = await store_artifact(storage, artifact, info)
 
-    updates: dict[str, Any] = {"entrypoint": fields.entrypoint, "artifact_key": key, "artifact_sha256": info.sha256}
+    updates: dict[str, Any] = {"entrypoint": entrypoint, "artifact_key": key, "artifact_sha256": info.sha256}
     optional: dict[str, Any] = {
         "dependencies": dependencies,
         "env_vars": env_vars,
