@@ -7,7 +7,8 @@ read back with `open_stream`, and the same bytes go through a baseline:
 The S3 endpoint is moto's server in a child process (moto keeps objects in its own memory), so the peak RSS
 increase reported is this process's alone: the figure the gateway process would show.
 
-Usage: `.venv/bin/python -m bench.storage_bench [--size 1GiB] [--chunk 64KiB] [--part-size 8MiB] [--only s3]`.
+Usage: `.venv/bin/python -m bench.storage_bench [--size 1GiB] [--chunk 64KiB] [--part-size 8MiB] [--only s3]
+[--repeat N]`; a quick check: `--size 64MiB`.
 """
 
 from __future__ import annotations
@@ -285,7 +286,13 @@ def report(rows: list[Row], size: int) -> None:
     print("MB/s here is MiB/s; the S3 figures are bound by moto (a Python server), not by the network.")
 
 
-async def run(args: argparse.Namespace) -> None:
+def combine(a: Measure, b: Measure) -> Measure:
+    """The faster run's time (this machine is shared, so the best run is the least disturbed) and the larger RSS."""
+    fast = a if a.seconds <= b.seconds else b
+    return Measure(fast.seconds, fast.bytes, max(a.rss_increase, b.rss_increase), fast.cpu_seconds)
+
+
+async def run_once(args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     if args.only in (None, "local"):
         with tempfile.TemporaryDirectory(prefix="storage-bench-", dir=args.dir) as workdir:
@@ -296,7 +303,23 @@ async def run(args: argparse.Namespace) -> None:
         with moto_server() as endpoint:
             rows.extend(await bench_s3(args.size, args.chunk, args.part_size, endpoint))
             print("  done: s3", flush=True)
-    report(rows, args.size)
+    return rows
+
+
+async def run(args: argparse.Namespace) -> None:
+    best: list[Row] = []
+    for attempt in range(args.repeat):
+        rows = await run_once(args)
+        if attempt == 0:
+            best = rows
+        else:
+            best = [
+                Row(old.backend, old.operation, combine(old.ours, new.ours), combine(old.baseline, new.baseline))
+                for old, new in zip(best, rows, strict=True)
+            ]
+    report(best, args.size)
+    if args.repeat > 1:
+        print(f"best of {args.repeat} runs for MB/s; RSS is the largest seen in any run.")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -305,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk", type=parse_size, default=64 * 1024, help="chunk of the generated stream (64KiB)")
     parser.add_argument("--part-size", type=parse_size, default=DEFAULT_PART_SIZE, help="S3 part size (8MiB)")
     parser.add_argument("--only", choices=["local", "s3"], help="one backend only")
+    parser.add_argument("--repeat", type=int, default=1, help="run everything N times, report the best")
     parser.add_argument("--dir", default=None, help="where the local backend writes (default: the temp dir)")
     args = parser.parse_args(argv)
     asyncio.run(run(args))
