@@ -24,7 +24,6 @@ from ..schemas.jobs import (
     JobOut,
     JobPage,
     JobResultOut,
-    JobSummaryOut,
     RuntimeJobIn,
     RuntimeJobOut,
     RuntimeJobsOut,
@@ -146,7 +145,7 @@ def parse_created_after(value: str | None) -> datetime | None:
     )
 
 
-def _page(request: Request, count: int, results: list[JobSummaryOut], limit: int, offset: int) -> JobPage:
+def _page(request: Request, count: int, results: list[dict[str, Any]], limit: int, offset: int) -> JobPage:
     """A page with absolute `next`/`previous` links: the request's URL with only `limit` and `offset` changed."""
     next_url = None
     if offset + limit < count:
@@ -154,7 +153,7 @@ def _page(request: Request, count: int, results: list[JobSummaryOut], limit: int
     previous_url = None
     if offset > 0:
         previous_url = str(request.url.include_query_params(limit=limit, offset=max(0, min(offset, count) - limit)))
-    return JobPage(count=count, next=next_url, previous=previous_url, results=results)
+    return JobPage.model_validate({"count": count, "next": next_url, "previous": previous_url, "results": results})
 
 
 FunctionQuery = Annotated[str | None, Query(max_length=255, description="Only jobs of the function with this title.")]

@@ -103,11 +103,15 @@ async def _page(
     limit: int,
     offset: int,
 ) -> tuple[int, list[JobListRow]]:
-    """One query for the page, newest first; a count only when the page does not already tell it."""
+    """The page, newest first, and the total count, in one round trip (the count rides along as an InitPlan)."""
     job_conditions = [*job_scope, *_job_conditions(filters)]
     program_conditions = [*program_scope, *_program_conditions(filters)]
+    count_query = select(func.count()).select_from(Job)
+    if program_conditions:
+        count_query = count_query.join(Program, Program.id == Job.program_id)
+    count_query = count_query.where(*job_conditions, *program_conditions)
     page_query = (
-        select(*_LIST_COLUMNS)
+        select(*_LIST_COLUMNS, count_query.scalar_subquery().correlate(None))
         .select_from(Job)
         .join(Program, Program.id == Job.program_id)
         .outerjoin(Provider, Provider.id == Program.provider_id)
@@ -116,6 +120,7 @@ async def _page(
         .limit(limit)
         .offset(offset)
     )
+    result = (await session.execute(page_query)).all()
     rows = [
         JobListRow(
             id=row[0],
@@ -129,14 +134,13 @@ async def _page(
             program_title=row[8],
             provider_name=row[9],
         )
-        for row in (await session.execute(page_query)).all()
+        for row in result
     ]
-    if 0 < len(rows) < limit or (offset == 0 and not rows):
-        return offset + len(rows), rows
-    count_query = select(func.count()).select_from(Job)
-    if program_conditions:
-        count_query = count_query.join(Program, Program.id == Job.program_id)
-    count = await session.scalar(count_query.where(*job_conditions, *program_conditions))
+    if result:
+        return int(result[0][10]), rows
+    if offset == 0:
+        return 0, rows
+    count = await session.scalar(count_query)  # past the last page: the count alone
     return int(count or 0), rows
 
 

@@ -21,7 +21,6 @@ from ..schemas.jobs import (
     JobEventOut,
     JobOut,
     JobProgramOut,
-    JobSummaryOut,
     RuntimeJobIn,
     RuntimeJobOut,
     SubStatus,
@@ -68,17 +67,18 @@ def job_out(found: repo.JobWithProgram, *, with_result: bool) -> JobOut:
     )
 
 
-def summary_out(row: repo.JobListRow) -> JobSummaryOut:
-    return JobSummaryOut(
-        id=row.id,
-        status=JobStatus(row.status),
-        sub_status=row.sub_status,
-        program=JobProgramOut(id=row.program_id, title=row.program_title, provider=row.provider_name),
-        created=row.created_at,
-        updated=row.updated_at,
-        started=row.started_at,
-        finished=row.finished_at,
-    )
+def summary_fields(row: repo.JobListRow) -> dict[str, Any]:
+    """A list item as the fields of `JobSummaryOut`: a page is validated once as a whole, not item by item."""
+    return {
+        "id": row.id,
+        "status": row.status,
+        "sub_status": row.sub_status,
+        "program": {"id": row.program_id, "title": row.program_title, "provider": row.provider_name},
+        "created": row.created_at,
+        "updated": row.updated_at,
+        "started": row.started_at,
+        "finished": row.finished_at,
+    }
 
 
 def _check_limit(limit: int, max_page_size: int) -> None:
@@ -88,16 +88,16 @@ def _check_limit(limit: int, max_page_size: int) -> None:
 
 async def list_jobs(
     session: AsyncSession, *, user: Principal, filters: repo.JobFilters, limit: int, offset: int, max_page_size: int
-) -> tuple[int, list[JobSummaryOut]]:
+) -> tuple[int, list[dict[str, Any]]]:
     """The caller's own jobs, newest first: (total count, one page)."""
     _check_limit(limit, max_page_size)
     count, rows = await repo.list_user_jobs(session, user_id=user.user_id, filters=filters, limit=limit, offset=offset)
-    return count, [summary_out(row) for row in rows]
+    return count, [summary_fields(row) for row in rows]
 
 
 async def list_provider_jobs(
     session: AsyncSession, *, user: Principal, filters: repo.JobFilters, limit: int, offset: int, max_page_size: int
-) -> tuple[int, list[JobSummaryOut]]:
+) -> tuple[int, list[dict[str, Any]]]:
     """Jobs on the programs of the providers the caller administers; a named provider must be one of them."""
     _check_limit(limit, max_page_size)
     if filters.provider is not None:
@@ -107,7 +107,7 @@ async def list_provider_jobs(
     count, rows = await repo.list_provider_jobs(
         session, admin_id=user.user_id, filters=filters, limit=limit, offset=offset
     )
-    return count, [summary_out(row) for row in rows]
+    return count, [summary_fields(row) for row in rows]
 
 
 async def _own_job(
