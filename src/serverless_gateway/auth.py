@@ -119,11 +119,11 @@ async def authenticate(session: AsyncSession, token: str, cache: TokenCache) -> 
     return principal
 
 
-def _member_groups(user_id: uuid.UUID) -> Select[tuple[uuid.UUID]]:
+def _member_groups(user_id: uuid.UUID) -> Select[uuid.UUID]:
     return select(GroupMembership.group_id).where(GroupMembership.user_id == user_id)
 
 
-def admin_provider_ids(user_id: uuid.UUID) -> Select[tuple[uuid.UUID]]:
+def admin_provider_ids(user_id: uuid.UUID) -> Select[uuid.UUID]:
     """The providers whose admin groups hold this user."""
     return select(ProviderAdminGroup.provider_id).where(ProviderAdminGroup.group_id.in_(_member_groups(user_id)))
 

@@ -56,6 +56,7 @@ class Settings(BaseSettings):
         default=0.0, ge=0, description="CPUs a job's entrypoint reserves on Ray (Ray's default 0; caps bound jobs)."
     )
     run_engine: bool = Field(default=True, description="Run the dispatcher inside the API process.")
+    db_pool_size: int = Field(default=20, gt=0, le=500, description="Database connections kept open per process.")
     token_cache_seconds: float = Field(default=5.0, ge=0, description="How long a checked token is trusted.")
 
     @field_validator("database_url")

@@ -29,7 +29,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(
         url,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=max(2, pool_size // 2),
         pool_pre_ping=False,
         connect_args={"server_settings": {"jit": "off", "application_name": "serverless-gateway"}},
     )

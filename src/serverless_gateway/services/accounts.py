@@ -11,11 +11,11 @@ from ..errors import BadRequest, Conflict, NotFound
 from ..models import Group, Provider, User
 from ..repositories import accounts as repo
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,149}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,149}")
 
 
 def _check_name(kind: str, name: str) -> None:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise BadRequest(f"invalid {kind} name {name!r}: use letters, digits and _ . @ + - (at most 150 characters)")
 
 
