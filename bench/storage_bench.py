@@ -162,7 +162,7 @@ def bench_local(size: int, chunk: int, workdir: Path) -> Iterator[Awaitable[Row]
 
         def copy_in() -> int:
             with open(plain, "wb") as out:
-                shutil.copyfileobj(Generated(size, chunk), out, chunk)  # type: ignore[misc]
+                shutil.copyfileobj(Generated(size, chunk), out, chunk)
                 out.flush()
                 os.fsync(out.fileno())
             return size
@@ -176,7 +176,7 @@ def bench_local(size: int, chunk: int, workdir: Path) -> Iterator[Awaitable[Row]
         def copy_out() -> int:
             sink = NullSink()
             with open(plain, "rb") as source:
-                shutil.copyfileobj(source, sink, chunk)  # type: ignore[misc]
+                shutil.copyfileobj(source, sink, chunk)
             return sink.written
 
         baseline = await measure(lambda: asyncio.to_thread(copy_out))
