@@ -54,10 +54,20 @@ def ray_executable() -> str:
 class LocalRayHead:
     """One Ray head on this machine, owned by this object: its ports, temp dir and processes."""
 
-    def __init__(self, temp_root: Path, *, num_cpus: int | None = None, startup_timeout: float = 120.0):
+    def __init__(
+        self,
+        temp_root: Path,
+        *,
+        num_cpus: int | None = None,
+        startup_timeout: float = 120.0,
+        attempts: int = 3,
+        dashboard_port: int | None = None,
+    ):
         self.temp_root = temp_root
         self.num_cpus = num_cpus
         self.startup_timeout = startup_timeout
+        self.attempts = attempts
+        self.wanted_dashboard_port = dashboard_port
         self.temp_dir: Path | None = None
         self.gcs_port: int | None = None
         self.dashboard_port: int | None = None
@@ -110,11 +120,26 @@ class LocalRayHead:
         return command
 
     async def start(self) -> str:
-        """Start the head and wait for its dashboard; returns the dashboard URL (the job submission address)."""
+        """Start the head and wait for its dashboard; returns the dashboard URL (the job submission address).
+
+        `ray start` gives up when the raylet takes over 30 s to register (a loaded machine): it is retried.
+        """
         if self.dashboard_url is not None:
             return self.dashboard_url
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return await self._start_once()
+            except RayStartError as exc:
+                await self.stop()
+                if attempt == self.attempts:
+                    raise
+                logger.warning("starting the local Ray head failed (attempt %d): %s", attempt, str(exc)[-300:])
+        raise RayStartError("unreachable")
+
+    async def _start_once(self) -> str:
         self.temp_dir = await asyncio.to_thread(self._make_temp_dir)
-        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        self.gcs_port = free_port()
+        self.dashboard_port = self.wanted_dashboard_port or free_port()
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
         env.pop("RAY_ADDRESS", None)
         process = await asyncio.create_subprocess_exec(
@@ -129,18 +154,12 @@ class LocalRayHead:
         try:
             output, _ = await asyncio.wait_for(process.communicate(), timeout=self.startup_timeout)
         except TimeoutError:
-            await self.stop()
             raise RayStartError(f"`ray start --head` did not finish within {self.startup_timeout:.0f} s") from None
         if process.returncode != 0:
             tail = output.decode(errors="replace")[-2000:]
-            await self.stop()
             raise RayStartError(f"`ray start --head` exited with {process.returncode}: {tail}")
         url = f"http://127.0.0.1:{self.dashboard_port}"
-        try:
-            await self._wait_for_dashboard(url)
-        except RayStartError:
-            await self.stop()
-            raise
+        await self._wait_for_dashboard(url)
         self.dashboard_url = url
         logger.info("local Ray head up: dashboard %s, GCS %s, temp dir %s", url, self.gcs_address, self.temp_dir)
         return url
