@@ -101,7 +101,7 @@ class S3Storage:
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
         max_attempts: int = 3,
-        max_connections: int = 32,
+        max_connections: int = 64,
     ) -> S3Storage:
         """Create the one client this storage uses; credentials come from the standard AWS_* variables."""
         if part_size < MIN_PART_SIZE:
@@ -111,6 +111,7 @@ class S3Storage:
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             retries={"mode": "standard", "total_max_attempts": max_attempts},
+            # A streamed download holds its connection until the reader is done; past this many, calls queue.
             max_pool_connections=max_connections,
             # A custom endpoint (MinIO, moto, ...) rarely resolves bucket subdomains.
             s3={"addressing_style": "path"} if endpoint_url else None,
