@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import json
 import os
 import random
@@ -375,12 +374,11 @@ class BareRunBody(BaseModel):
 def make_gateway_app() -> FastAPI:
     """uvicorn factory: the real app from GATEWAY_* variables, engine off, with BENCH_WHAT_IF changes if any."""
     what_if = [w for w in os.environ.get("BENCH_WHAT_IF", "").split("+") if w]
+    overrides: dict[str, object] = {}
     for change in what_if:
-        if change.startswith("pool="):  # a bigger pool: no connection churn past pool_size under 32 clients
-            from serverless_gateway import app as app_module
-
-            app_module.create_engine = functools.partial(create_engine, pool_size=int(change.removeprefix("pool=")))
-    app = create_app(load_settings(), start_engine=False)
+        if change.startswith("pool="):
+            overrides["db_pool_size"] = int(change.removeprefix("pool="))
+    app = create_app(load_settings(**overrides), start_engine=False)
     if "async-deps" in what_if:  # the sync `def` dependencies of deps.py as `async def`: no threadpool hop
         from serverless_gateway import deps
 
@@ -403,9 +401,11 @@ def make_bare_app() -> FastAPI:
     program_id = uuid.UUID(os.environ["BENCH_PROGRAM_ID"])
     author_id = uuid.UUID(os.environ["BENCH_AUTHOR_ID"])
 
+    pool_size = int(getattr(load_settings(), "db_pool_size", 10))
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(url)
+        engine = create_engine(url, pool_size=pool_size)
         app.state.sessionmaker = create_sessionmaker(engine)
         yield
         await engine.dispose()
@@ -771,7 +771,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="CHANGES",
-        help="also load the gateway (1 worker) with bench-side changes joined by '+': async-deps, pool=N",
+        help="also load the gateway (1 worker) with changes joined by '+': async-deps, pool=N (GATEWAY_DB_POOL_SIZE)",
     )
     parser.add_argument("--repeat", type=int, default=1, help="rounds of load; each row shows the median round")
     parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the gateway under load, stacks to DIR")
