@@ -142,6 +142,9 @@ async def test_function_is_required_and_must_exist(app: FastAPI, client: AsyncCl
     assert (await client.get(f"{FILES}/download/", headers=alice.headers, params={"function": "x"})).status_code == 400
     response = await client.get(f"{FILES}/", headers=alice.headers, params={"function": "nope", "provider": "ghost"})
     assert response.status_code == 404
+    for bad in ({"function": "a\x00b"}, {"function": "hello", "provider": "a\x00b"}, {"function": "a/b/c"}):
+        assert (await client.get(f"{FILES}/", headers=alice.headers, params=bad)).status_code == 400, bad
+        assert (await client.get(f"{PROVIDER_FILES}/", headers=alice.headers, params=bad)).status_code == 400, bad
 
 
 @pytest.mark.parametrize(

@@ -179,6 +179,10 @@ async def test_list_filters(app: FastAPI, client: AsyncClient, alice: TestUser, 
         {"offset": -1},
         {"offset": 10**20},
         {"function": "x" * 300},
+        {"function": "a\x00b"},
+        {"provider": "a\x00b"},
+        {"created_after": "9999-12-31T23:59:59-23:59"},
+        {"created_after": "0001-01-01T00:00:00+01:00"},
     ],
 )
 async def test_list_bad_query_is_400(client: AsyncClient, alice: TestUser, params: dict[str, Any]) -> None:
@@ -565,6 +569,9 @@ async def test_events(app: FastAPI, client: AsyncClient, alice: TestUser, bob: T
     everything = (await client.get(f"{JOBS}{job_id}/events", headers=alice.headers)).json()
     assert [event["event_type"] for event in everything] == ["ERROR", "STATUS_CHANGE", "ERROR"]
     assert (await client.get(job_url(job_id, "events/"), headers=headers, params={"type": "error"})).json() == errors
+    assert (
+        await client.get(job_url(job_id, "events/"), headers=alice.headers, params={"type": "a\x00"})
+    ).status_code == 400
     assert (await client.get(job_url(job_id, "events/"), headers=bob.headers)).status_code == 404
     assert (await client.post(job_url(job_id, "event/"), headers=bob.headers, json=error)).status_code == 404
     for bad in ([1], {"type": "no spaces allowed"}, {"type": ""}):

@@ -25,7 +25,9 @@ FORM_OVERHEAD_BYTES = 1024 * 1024
 FunctionQuery = Annotated[
     str, Query(min_length=1, max_length=512, description="The function's title (or `provider/title`).")
 ]
-ProviderQuery = Annotated[str | None, Query(max_length=150, description="The function's provider, if any.")]
+ProviderQuery = Annotated[
+    str | None, Query(max_length=150, pattern=r"^[^\x00-\x1f\x7f]*$", description="The function's provider, if any.")
+]
 FileQuery = Annotated[str, Query(max_length=1024, description="The file's name: one path component.")]
 
 _UPLOAD_BODY = {

@@ -38,6 +38,8 @@ router = SlashRouter(prefix="/jobs", tags=["jobs"])
 
 MAX_OFFSET = 1_000_000_000
 MAX_SMALL_BODY = 1024 * 1024
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+"""No NUL or control characters: they can name nothing, and PostgreSQL refuses NUL in text."""
 _TZ_AFTER_SPACE = re.compile(r" (\d{2}(?::?\d{2})?)$")
 
 
@@ -136,9 +138,9 @@ def parse_created_after(value: str | None) -> datetime | None:
     for candidate in (text, _TZ_AFTER_SPACE.sub(r"+\1", text)):
         try:
             parsed = datetime.fromisoformat(candidate)
-        except ValueError:
+            return parsed.astimezone(UTC) if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+        except (ValueError, OverflowError):
             continue
-        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
     message = "not an ISO 8601 date and time (for example 2024-01-15T10:30:00Z)"
     raise ValidationFailed(
         f"Invalid request: created_after: {message}", [ErrorDetail(loc=["query", "created_after"], msg=message)]
@@ -156,8 +158,14 @@ def _page(request: Request, count: int, results: list[dict[str, Any]], limit: in
     return JobPage.model_validate({"count": count, "next": next_url, "previous": previous_url, "results": results})
 
 
-FunctionQuery = Annotated[str | None, Query(max_length=255, description="Only jobs of the function with this title.")]
-ProviderQuery = Annotated[str | None, Query(max_length=150, description="Only jobs of this provider's functions.")]
+FunctionQuery = Annotated[
+    str | None,
+    Query(max_length=255, pattern=PRINTABLE, description="Only jobs of the function with this title."),
+]
+ProviderQuery = Annotated[
+    str | None,
+    Query(max_length=150, pattern=PRINTABLE, description="Only jobs of this provider's functions."),
+]
 StatusQuery = Annotated[JobStatus | None, Query(description="Only jobs in this status.")]
 FilterQuery = Annotated[
     ProgramFilter | None, Query(description="`catalog`: provider functions; `serverless`: your own functions.")
@@ -357,7 +365,9 @@ async def list_events(
     session: SessionDep,
     principal: PrincipalDep,
     job_id: str,
-    type: Annotated[str | None, Query(max_length=32, description="Only events of this type (e.g. ERROR).")] = None,
+    type: Annotated[
+        str | None, Query(max_length=32, pattern=r"^[A-Za-z_]*$", description="Only events of this type (e.g. ERROR).")
+    ] = None,
 ) -> list[JobEventOut]:
     return await service.list_events(session, principal=principal, job_id=parse_uuid(job_id, "Job"), event_type=type)
 
