@@ -177,7 +177,7 @@ def test_commands_on_an_unmigrated_database_say_to_migrate(database_url: str, tm
         asyncio.run(admin_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_serve_answers_and_stops_cleanly_on_a_signal(env: dict[str, str], tmp_path: Path, sig: int) -> None:
     env = {**env, "GATEWAY_RUN_ENGINE": "false", "GATEWAY_RAY_ADDRESS": "http://127.0.0.1:9"}
     with serving(env, tmp_path) as served:

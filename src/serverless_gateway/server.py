@@ -36,14 +36,15 @@ class ServeError(RuntimeError):
 
 
 class ShutdownSignals:
-    """SIGINT/SIGTERM outside uvicorn's own handling: ask the server (or the start-up) to stop."""
+    """SIGINT/SIGTERM/SIGHUP outside uvicorn's own handling: ask the server (or the start-up) to stop."""
 
     def __init__(self) -> None:
         self.received: int | None = None
         self.server: uvicorn.Server | None = None
 
     def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP too (a closed terminal): uvicorn leaves it alone, and dying on it would strand the Ray head.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._handle)
 
     def _handle(self, sig: int, frame: FrameType | None) -> None:
