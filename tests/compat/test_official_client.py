@@ -32,7 +32,7 @@ def test_functions(runner: Runner, gateway: Gateway) -> None:
 
 
 def test_jobs_of_a_plain_python_function(runner: Runner, gateway: Gateway) -> None:
-    runner.run("jobs", user="carol", GATEWAY_OTHER_TOKEN=gateway.tokens["bob"]).check(gateway)
+    runner.run("jobs", user="alice", GATEWAY_OTHER_TOKEN=gateway.tokens["bob"]).check(gateway)
 
 
 def test_files(runner: Runner, gateway: Gateway) -> None:
@@ -51,7 +51,7 @@ def test_provider_admin_uploads_and_grants(early: Early, gateway: Gateway) -> No
 def test_provider_function_for_a_granted_user(runner: Runner, gateway: Gateway, early: Early) -> None:
     if early.provider_setup.returncode != 0 or early.grants is not None:
         pytest.fail("the provider's setup failed (see test_provider_admin_uploads_and_grants)")
-    runner.run("provider_user", user="ursula", GATEWAY_OTHER_TOKEN=gateway.tokens["mallory"]).check(gateway)
+    runner.run("provider_user", user="ursula", GATEWAY_OTHER_TOKEN=gateway.tokens["bob"]).check(gateway)
     job_id = runner.output_of("provider_user")["job_id"]
     runner.run("provider_admin", user="pam", USER_JOB_ID=job_id).check(gateway)
 

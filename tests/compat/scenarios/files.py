@@ -32,28 +32,6 @@ check_equal((downloads / "copy.txt").read_text(encoding="utf-8"), content, "down
 name = client.file_download("data.txt", function, download_location=str(downloads))
 check((downloads / name).read_bytes() == content.encode(), "download with a generated name")
 
-step("a job of this function reads the file from DATA_PATH and writes one back")
-job = function.run(mode="echo", read="data.txt", write="from-job.txt")
-status = wait_terminal(job)[-1]
-if status != "DONE":
-    print(job.logs())
-check_equal(status, "DONE", "status of the DATA_PATH job")
-result = job.result()
-check_equal(result["read_back"], content, "the job read the uploaded file from DATA_PATH")
-check("data.txt" in (result["data_files"] or []), f"DATA_PATH lists data.txt: {result['data_files']}")
-check("from-job.txt" in client.files(function), "a file the job wrote to DATA_PATH is listed by files()")
-
-step("file_delete")
-message = client.file_delete("data.txt", function)
-print("    delete answered:", message)
-check(isinstance(message, str) and message, f"file_delete should answer a message, got {message!r}")
-check("data.txt" not in client.files(function), "data.txt still listed after delete")
-expect_error(
-    lambda: client.file_download("data.txt", function, download_location=str(downloads)),
-    "404",
-    errors=(requests.HTTPError, QiskitServerlessException),
-)
-
 step("unsafe file names are refused with 400")
 expect_error(
     lambda: client.file_download("../etc/passwd", function, download_location=str(downloads)),
@@ -71,12 +49,36 @@ try:
 except QiskitServerlessException as exc:
     other_files = []
     print("    files() of an unknown function for the other user raised:", " ".join(str(exc).split())[:200])
-check("from-job.txt" not in other_files, f"the other user lists this user's files: {other_files}")
+check("data.txt" not in other_files, f"the other user lists this user's files: {other_files}")
 expect_error(
-    lambda: other.file_download("from-job.txt", other_fn, download_location=str(downloads)),
+    lambda: other.file_download("data.txt", other_fn, download_location=str(downloads)),
     errors=(requests.HTTPError, QiskitServerlessException),
 )
 
 step("provider file calls need provider admin rights")
 expect_error(lambda: client.provider_files(QiskitFunction(title="acme/helpers")))
+
+step("file_delete")
+message = client.file_delete("data.txt", function)
+print("    delete answered:", message)
+check(isinstance(message, str) and message, f"file_delete should answer a message, got {message!r}")
+check("data.txt" not in client.files(function), "data.txt still listed after delete")
+expect_error(
+    lambda: client.file_download("data.txt", function, download_location=str(downloads)),
+    "404",
+    errors=(requests.HTTPError, QiskitServerlessException),
+)
+
+step("a job of this function reads a file from DATA_PATH and writes one back")
+client.file_upload(str(local), function)
+job = function.run(mode="echo", read="data.txt", write="from-job.txt")
+status = wait_terminal(job)[-1]
+if status != "DONE":
+    print(job.logs())
+check_equal(status, "DONE", "status of the DATA_PATH job")
+result = job.result()
+check_equal(result["read_back"], content, "the job read the uploaded file from DATA_PATH")
+check("data.txt" in (result["data_files"] or []), f"DATA_PATH lists data.txt: {result['data_files']}")
+check("from-job.txt" in client.files(function), "a file the job wrote to DATA_PATH is listed by files()")
+
 print("files scenario: OK")

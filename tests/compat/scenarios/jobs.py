@@ -26,6 +26,14 @@ check(isinstance(job.job_id, str) and uuid.UUID(job.job_id), f"run should give a
 first = job.status()
 check_status(first)
 check(first in {"QUEUED", "INITIALIZING", "RUNNING", "DONE"}, f"unexpected first status {first!r}")
+
+step("start the other jobs now, so they run while the first one is checked")
+fetched = client.function("echo")
+job2 = fetched.run(mode="runtime", config=Configuration(workers=1))
+job3 = echo.run(mode="legacy")
+crash = echo.run(mode="crash")
+bad = echo.run(mode="badjson")
+
 seen = wait_terminal(job)
 check_equal(seen[-1], "DONE", f"final status (seen {seen})")
 
@@ -51,8 +59,6 @@ check_equal(again.result(), result, "job(id).result()")
 check_equal(client.status(job.job_id), "SUCCEEDED", "client.status(id) (the raw status)")
 
 step("function.run(**arguments) with a config; result(wait) polls until the end")
-fetched = client.function("echo")
-job2 = fetched.run(mode="runtime", config=Configuration(workers=1))
 result2 = job2.result(wait=True, cadence=0.5)
 check_equal(job2.status(), "DONE", "status after result()")
 check_equal(result2["arguments"], {"mode": "runtime"}, "function.run arguments")
@@ -66,19 +72,16 @@ check_equal(job2.runtime_sessions(), ["sess-1"], "runtime_sessions()")
 check_equal(job.runtime_jobs(), [], "runtime_jobs of a job that posted none")
 
 step("the legacy result POST from inside the job")
-job3 = echo.run(mode="legacy")
 check_equal(wait_terminal(job3)[-1], "DONE", "legacy job status")
 check_equal(job3.result(), {"legacy": True, "arguments": {"mode": "legacy"}}, "legacy result")
 
 step("a failing entrypoint ends ERROR; result() raises with the traceback's error line")
-crash = echo.run(mode="crash")
 check_equal(wait_terminal(crash)[-1], "ERROR", "crash status")
 expect_error(crash.result, "boom-marker")
 check("boom-marker" in crash.logs(), "the traceback is in the logs")
 check_equal(crash.events(type="ERROR"), [], "no error events were sent")
 
 step("a result that is not JSON fails the job")
-bad = echo.run(mode="badjson")
 check_equal(wait_terminal(bad)[-1], "ERROR", "status of a job whose result is not JSON")
 
 step("stop() of a finished job answers with a message and changes nothing")
