@@ -607,3 +607,31 @@ async def test_runtime_jobs(app: FastAPI, client: AsyncClient, alice: TestUser, 
         assert (await client.post(url, headers=headers, json=bad)).status_code == 400, bad
     assert (await client.get(url, headers=bob.headers)).status_code == 404
     assert (await client.post(url, headers=bob.headers, json={"runtime_job": "rt-9"})).status_code == 404
+
+
+async def test_text_postgresql_refuses_never_reaches_it(app: FastAPI, client: AsyncClient, alice: TestUser) -> None:
+    job_id = await add_job(app, alice, await add_program(app, alice, "hello"), status="RUNNING")
+    headers = {**alice.headers, "content-type": "application/json"}
+    lone = b'{"type": "ERROR", "message": "\\ud800x", "code": 1, "exception": {"\\ud800": "\\u0000"}, "args": 1e999}'
+    response = await client.post(job_url(job_id, "event/"), headers=headers, content=lone)
+    assert response.status_code == 200, response.text
+    assert response.json()["data"] == {
+        "code": 1,
+        "message": "\ufffdx",
+        "exception": {"\ufffd": "\ufffd"},
+        "args": None,
+    }
+    for path, body in [
+        ("runtime_jobs/", b'{"runtime_job": "\\ud800"}'),
+        ("result/", b'{"result": "\\"\\ud800\\""}'),
+        ("result/", b'{"result": "\\"\\\\ud800\\""}'),
+        ("result/", b'{"result": {"a": "\\ud800"}}'),
+    ]:
+        response = await client.post(job_url(job_id, path), headers=headers, content=body)
+        assert response.status_code == 400, (path, body, response.text)
+    # An escaped surrogate pair is one valid character.
+    response = await client.post(
+        job_url(job_id, "result/"), headers=headers, content=b'{"result": "\\"\\\\ud83d\\\\ude00\\""}'
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["result"] == "\U0001f600"

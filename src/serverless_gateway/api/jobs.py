@@ -284,8 +284,11 @@ async def save_result(
     request: Request, session: SessionDep, settings: SettingsDep, principal: PrincipalDep, job_id: str
 ) -> JobOut:
     uuid_ = parse_uuid(job_id, "Job")
-    fields = await read_fields(request, limit=settings.max_result_bytes + 64 * 1024)
-    return await service.save_result(session, principal=principal, job_id=uuid_, result=fields.get("result"))
+    # Room for the JSON or form escaping of a result as large as the limit; the result itself is checked after.
+    fields = await read_fields(request, limit=2 * settings.max_result_bytes + 64 * 1024)
+    return await service.save_result(
+        session, principal=principal, job_id=uuid_, result=fields.get("result"), max_bytes=settings.max_result_bytes
+    )
 
 
 @router.get(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +31,8 @@ from . import logs
 from .job_state import transition
 
 MAX_EVENT_BYTES = 256 * 1024
+_UNSTORABLE_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 ORIGIN_API = "API"
 
 
@@ -131,25 +134,49 @@ async def get_result(session: AsyncSession, *, principal: Principal, job_id: uui
     return found.job.result
 
 
+def _is_utf8(text: str) -> bool:
+    """False for text holding lone surrogates (JSON allows their escapes; UTF-8 and PostgreSQL do not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _lone_surrogate() -> BadRequest:
+    return BadRequest("Invalid request: result: holds a lone Unicode surrogate, which is not valid text.")
+
+
 def result_text(value: Any) -> str:
     """A result as sent (a JSON string, or a JSON value) turned into the JSON text to store; 400 when not JSON."""
     if value is None:
         raise BadRequest("Invalid request: result: Field required (a JSON string).")
     if isinstance(value, str):
         try:
-            json.loads(value)
+            parsed = json.loads(value)
         except ValueError as exc:
             raise BadRequest(f"Invalid request: result: not valid JSON ({exc}).") from None
+        if not _is_utf8(value):
+            raise _lone_surrogate()
+        if _SURROGATE_ESCAPE.search(value) and not _is_utf8(json.dumps(parsed, ensure_ascii=False)):
+            raise _lone_surrogate()
         return value
     try:
-        return json.dumps(value)
+        text = json.dumps(value, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise BadRequest(f"Invalid request: result: not a JSON value ({exc}).") from None
+    if not _is_utf8(text):
+        raise _lone_surrogate()
+    return text
 
 
-async def save_result(session: AsyncSession, *, principal: Principal, job_id: uuid.UUID, result: Any) -> JobOut:
+async def save_result(
+    session: AsyncSession, *, principal: Principal, job_id: uuid.UUID, result: Any, max_bytes: int
+) -> JobOut:
     """Legacy `save_result`: store the result of a job that has not ended yet (409 once it has)."""
     text = result_text(result)
+    if len(text.encode("utf-8", errors="surrogatepass")) > max_bytes:
+        raise PayloadTooLarge(f"The result is larger than the limit of {max_bytes} bytes.")
     found = await _own_job(session, principal, job_id, lock=True)
     job = found.job
     status = JobStatus(job.status)
@@ -231,9 +258,9 @@ async def set_sub_status(
 
 
 def _storable(value: Any) -> Any:
-    """A JSON value PostgreSQL's jsonb accepts: no NUL characters, no NaN or infinities."""
+    """A JSON value PostgreSQL's jsonb accepts: no NUL characters, no lone surrogates, no NaN or infinities."""
     if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
+        return _UNSTORABLE_CHARACTER.sub("\ufffd", value)
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
