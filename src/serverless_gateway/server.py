@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 DEV_USER = "dev"
 GRACEFUL_SHUTDOWN_SECONDS = 10
+RAY_START_ATTEMPTS = 2
 
 
 class ServeError(RuntimeError):
@@ -120,17 +121,20 @@ def _local_ray_head(settings: Settings) -> LocalRayHead | None:
     return LocalRayHead((settings.data_dir / "ray").resolve())
 
 
-async def _start_ray_head(head: LocalRayHead) -> str:
+async def _start_ray_head(head: LocalRayHead, signals: ShutdownSignals) -> str:
+    """Start the head; a second try rides out a start that timed out on a busy machine."""
     from .engine.local_ray import RayStartError
 
     logger.info("starting a local Ray head (GATEWAY_RAY_ADDRESS is unset)")
-    try:
-        return await head.start()
-    except RayStartError as exc:
-        logger.error("%s", exc)
-        raise ServeError(
-            "cannot start a local Ray head (see above); set GATEWAY_RAY_ADDRESS to use a Ray cluster"
-        ) from None
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        try:
+            return await head.start()
+        except RayStartError as exc:
+            if attempt < RAY_START_ATTEMPTS and not signals.requested:
+                logger.warning("the local Ray head did not start (%s); trying again", exc)
+                continue
+            logger.error("%s", exc)
+    raise ServeError("cannot start a local Ray head (see above); set GATEWAY_RAY_ADDRESS to use a Ray cluster")
 
 
 async def _serve_http(settings: Settings, sock: socket.socket, signals: ShutdownSignals) -> None:
@@ -165,7 +169,7 @@ async def _run(settings: Settings, signals: ShutdownSignals, sock: socket.socket
     ray_head = _local_ray_head(settings) if needs_ray and settings.ray_address is None else None
     try:
         if ray_head is not None:
-            settings = settings.model_copy(update={"ray_address": await _start_ray_head(ray_head)})
+            settings = settings.model_copy(update={"ray_address": await _start_ray_head(ray_head, signals)})
         if signals.requested:
             return
         if sock is None:
