@@ -635,3 +635,19 @@ async def test_text_postgresql_refuses_never_reaches_it(app: FastAPI, client: As
     )
     assert response.status_code == 200, response.text
     assert response.json()["result"] == "\U0001f600"
+
+
+async def test_deeply_nested_json_is_refused(app: FastAPI, client: AsyncClient, alice: TestUser) -> None:
+    job_id = await add_job(app, alice, await add_program(app, alice, "hello"), status="RUNNING")
+    headers = {**alice.headers, "content-type": "application/json"}
+    for depth, expected in ((99, 200), (150, 400), (100_000, 400)):
+        nested = b"[" * depth + b"]" * depth
+        for path, body in [
+            ("event/", b'{"type": "ERROR", "args": ' + nested + b"}"),
+            ("result/", b'{"result": ' + nested + b"}"),
+            ("result/", b'{"result": "' + nested + b'"}'),
+        ]:
+            response = await client.post(job_url(job_id, path), headers=headers, content=body)
+            assert response.status_code == expected, (depth, path, response.text[:200])
+    assert (await client.get(job_url(job_id), headers=alice.headers)).status_code == 200
+    assert (await client.get(job_url(job_id, "events/"), headers=alice.headers)).status_code == 200

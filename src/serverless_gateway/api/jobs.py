@@ -123,7 +123,7 @@ async def read_fields(request: Request, *, limit: int) -> dict[str, Any]:
         return {}
     try:
         parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadRequest("Invalid request: the body is neither JSON nor a form.") from None
     if not isinstance(parsed, dict):
         raise BadRequest("Invalid request: the body must be a JSON object.")

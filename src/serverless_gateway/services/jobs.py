@@ -31,6 +31,8 @@ from . import logs
 from .job_state import transition
 
 MAX_EVENT_BYTES = 256 * 1024
+MAX_JSON_DEPTH = 100
+"""Deepest nesting of a result or an event: far beyond real use, well within what the JSON encoders accept."""
 _UNSTORABLE_CHARACTER = re.compile("[\x00\ud800-\udfff]")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 ORIGIN_API = "API"
@@ -143,6 +145,24 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
+def _too_deep(what: str) -> BadRequest:
+    return BadRequest(f"Invalid request: {what}: nested more than {MAX_JSON_DEPTH} levels deep.")
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and objects nest more than `limit` levels (walked without recursion)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 def _lone_surrogate() -> BadRequest:
     return BadRequest("Invalid request: result: holds a lone Unicode surrogate, which is not valid text.")
 
@@ -156,15 +176,23 @@ def result_text(value: Any) -> str:
             parsed = json.loads(value)
         except ValueError as exc:
             raise BadRequest(f"Invalid request: result: not valid JSON ({exc}).") from None
+        except RecursionError:
+            raise _too_deep("result") from None
         if not _is_utf8(value):
             raise _lone_surrogate()
+        if _nested_deeper_than(parsed, MAX_JSON_DEPTH):
+            raise _too_deep("result")
         if _SURROGATE_ESCAPE.search(value) and not _is_utf8(json.dumps(parsed, ensure_ascii=False)):
             raise _lone_surrogate()
         return value
+    if _nested_deeper_than(value, MAX_JSON_DEPTH):
+        raise _too_deep("result")
     try:
         text = json.dumps(value, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise BadRequest(f"Invalid request: result: not a JSON value ({exc}).") from None
+    except RecursionError:
+        raise _too_deep("result") from None
     if not _is_utf8(text):
         raise _lone_surrogate()
     return text
@@ -285,8 +313,16 @@ async def add_event(
 ) -> JobEventOut:
     """Record what `send_error` reports from inside a job."""
     found = await _own_job(session, principal, job_id)
-    data = _storable({"code": event.code, "message": event.message, "exception": event.exception, "args": event.args})
-    if len(json.dumps(data)) > MAX_EVENT_BYTES:
+    if _nested_deeper_than([event.code, event.message, event.exception, event.args], MAX_JSON_DEPTH):
+        raise _too_deep("event")
+    try:
+        data = _storable(
+            {"code": event.code, "message": event.message, "exception": event.exception, "args": event.args}
+        )
+        size = len(json.dumps(data))
+    except RecursionError:
+        raise _too_deep("event") from None
+    if size > MAX_EVENT_BYTES:
         raise PayloadTooLarge(f"The event is larger than the limit of {MAX_EVENT_BYTES} bytes.")
     context = "SEND_ERROR" if event.type.upper() == "ERROR" else "SEND_EVENT"
     stored = await _record(session, found.job, event_type=event.type.upper(), context=context, data=data)
