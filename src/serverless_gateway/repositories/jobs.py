@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, and_, func, select
+from sqlalchemy import ColumnElement, Integer, Select, Table, and_, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
@@ -54,73 +55,112 @@ class JobWithProgram:
     provider_name: str | None
 
 
+_JOB = cast(Table, Job.__table__).c
+_PROGRAM = cast(Table, Program.__table__).c
+_PROVIDER = cast(Table, Provider.__table__).c
 _LIST_COLUMNS = (
-    Job.id,
-    Job.status,
-    Job.sub_status,
-    Job.created_at,
-    Job.updated_at,
-    Job.started_at,
-    Job.finished_at,
-    Program.id,
-    Program.title,
-    Provider.name,
+    _JOB.id,
+    _JOB.status,
+    _JOB.sub_status,
+    _JOB.created_at,
+    _JOB.updated_at,
+    _JOB.started_at,
+    _JOB.finished_at,
+    _PROGRAM.id,
+    _PROGRAM.title,
+    _PROVIDER.name,
 )
 
 
-def _provider_id_named(name: str) -> ColumnElement[Any]:
-    return select(Provider.id).where(Provider.name == name).scalar_subquery()
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """Which filters a list uses: the statements depend on this only; the values travel as parameters."""
+
+    function: bool
+    provider: bool
+    status: bool
+    catalog: bool | None
+    created_after: bool
+
+    @classmethod
+    def of(cls, filters: JobFilters) -> _Shape:
+        return cls(
+            function=filters.function is not None,
+            provider=filters.provider is not None,
+            status=filters.status is not None,
+            catalog=filters.catalog,
+            created_after=filters.created_after is not None,
+        )
 
 
-def _program_conditions(filters: JobFilters) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = []
-    if filters.function is not None:
-        conditions.append(Program.title == filters.function)
-    if filters.provider is not None:
-        conditions.append(Program.provider_id == _provider_id_named(filters.provider))
-    if filters.catalog is True:
-        conditions.append(Program.provider_id.is_not(None))
-    elif filters.catalog is False:
-        conditions.append(Program.provider_id.is_(None))
-    return conditions
+def _parameters(filters: JobFilters, **more: Any) -> dict[str, Any]:
+    values = {
+        "function": filters.function,
+        "provider": filters.provider,
+        "status": filters.status.value if filters.status is not None else None,
+        "created_after": filters.created_after,
+    }
+    return {**{name: value for name, value in values.items() if value is not None}, **more}
 
 
-def _job_conditions(filters: JobFilters) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = []
-    if filters.status is not None:
-        conditions.append(Job.status == filters.status.value)
-    if filters.created_after is not None:
-        conditions.append(Job.created_at > filters.created_after)
-    return conditions
+def _conditions(shape: _Shape) -> tuple[list[ColumnElement[bool]], list[ColumnElement[bool]]]:
+    """(conditions on the job, conditions on its program) for the filters in `shape`."""
+    on_job: list[ColumnElement[bool]] = []
+    if shape.status:
+        on_job.append(_JOB.status == bindparam("status"))
+    if shape.created_after:
+        on_job.append(_JOB.created_at > bindparam("created_after"))
+    on_program: list[ColumnElement[bool]] = []
+    if shape.function:
+        on_program.append(_PROGRAM.title == bindparam("function"))
+    if shape.provider:
+        named = select(_PROVIDER.id).where(_PROVIDER.name == bindparam("provider")).scalar_subquery()
+        on_program.append(_PROGRAM.provider_id == named)
+    if shape.catalog is True:
+        on_program.append(_PROGRAM.provider_id.is_not(None))
+    elif shape.catalog is False:
+        on_program.append(_PROGRAM.provider_id.is_(None))
+    return on_job, on_program
+
+
+def _statements(
+    shape: _Shape, *, job_scope: Sequence[ColumnElement[bool]], program_scope: Sequence[ColumnElement[bool]]
+) -> tuple[Select[Any], Select[Any]]:
+    """The page statement (newest first, with the total count riding along as an InitPlan) and the count alone."""
+    on_job, on_program = _conditions(shape)
+    job_conditions = [*job_scope, *on_job]
+    program_conditions = [*program_scope, *on_program]
+    count = select(func.count()).select_from(cast(Table, Job.__table__))
+    if program_conditions:
+        count = count.join(cast(Table, Program.__table__), _PROGRAM.id == _JOB.program_id)
+    count = count.where(*job_conditions, *program_conditions)
+    page = (
+        select(*_LIST_COLUMNS, count.scalar_subquery().correlate(None))
+        .select_from(
+            cast(Table, Job.__table__)
+            .join(cast(Table, Program.__table__), _PROGRAM.id == _JOB.program_id)
+            .outerjoin(cast(Table, Provider.__table__), _PROVIDER.id == _PROGRAM.provider_id)
+        )
+        .where(*job_conditions, *program_conditions)
+        .order_by(_JOB.created_at.desc(), _JOB.id.desc())
+        .limit(bindparam("limit", type_=Integer))
+        .offset(bindparam("offset", type_=Integer))
+    )
+    return page, count
+
+
+@functools.lru_cache(maxsize=64)
+def _user_statements(shape: _Shape) -> tuple[Select[Any], Select[Any]]:
+    """Built once per shape: a reused statement skips SQLAlchemy's per-call construction and cache-key work."""
+    return _statements(shape, job_scope=[_JOB.author_id == bindparam("author_id")], program_scope=[])
 
 
 async def _page(
-    session: AsyncSession,
-    *,
-    job_scope: Sequence[ColumnElement[bool]],
-    program_scope: Sequence[ColumnElement[bool]],
-    filters: JobFilters,
-    limit: int,
-    offset: int,
+    session: AsyncSession, statements: tuple[Select[Any], Select[Any]], parameters: dict[str, Any]
 ) -> tuple[int, list[JobListRow]]:
-    """The page, newest first, and the total count, in one round trip (the count rides along as an InitPlan)."""
-    job_conditions = [*job_scope, *_job_conditions(filters)]
-    program_conditions = [*program_scope, *_program_conditions(filters)]
-    count_query = select(func.count()).select_from(Job)
-    if program_conditions:
-        count_query = count_query.join(Program, Program.id == Job.program_id)
-    count_query = count_query.where(*job_conditions, *program_conditions)
-    page_query = (
-        select(*_LIST_COLUMNS, count_query.scalar_subquery().correlate(None))
-        .select_from(Job)
-        .join(Program, Program.id == Job.program_id)
-        .outerjoin(Provider, Provider.id == Program.provider_id)
-        .where(*job_conditions, *program_conditions)
-        .order_by(Job.created_at.desc(), Job.id.desc())
-        .limit(limit)
-        .offset(offset)
-    )
-    result = (await session.execute(page_query)).all()
+    """One round trip for the page and the count; a second one only past the last page."""
+    page, count = statements
+    result = (await session.execute(page, parameters)).all()
     rows = [
         JobListRow(
             id=row[0],
@@ -138,27 +178,27 @@ async def _page(
     ]
     if result:
         return int(result[0][10]), rows
-    if offset == 0:
+    if parameters["offset"] == 0:
         return 0, rows
-    count = await session.scalar(count_query)  # past the last page: the count alone
-    return int(count or 0), rows
+    total = await session.scalar(count, parameters)
+    return int(total or 0), rows
 
 
 async def list_user_jobs(
     session: AsyncSession, *, user_id: uuid.UUID, filters: JobFilters, limit: int, offset: int
 ) -> tuple[int, list[JobListRow]]:
     """The user's own jobs matching `filters`: (total count, one page)."""
-    return await _page(
-        session, job_scope=[Job.author_id == user_id], program_scope=[], filters=filters, limit=limit, offset=offset
-    )
+    parameters = _parameters(filters, author_id=user_id, limit=limit, offset=offset)
+    return await _page(session, _user_statements(_Shape.of(filters)), parameters)
 
 
 async def list_provider_jobs(
     session: AsyncSession, *, admin_id: uuid.UUID, filters: JobFilters, limit: int, offset: int
 ) -> tuple[int, list[JobListRow]]:
     """Jobs of every user on the programs of the providers `admin_id` administers."""
-    scope = [Program.provider_id.in_(admin_provider_ids(admin_id))]
-    return await _page(session, job_scope=[], program_scope=scope, filters=filters, limit=limit, offset=offset)
+    scope = [_PROGRAM.provider_id.in_(admin_provider_ids(admin_id))]
+    statements = _statements(_Shape.of(filters), job_scope=[], program_scope=scope)
+    return await _page(session, statements, _parameters(filters, limit=limit, offset=offset))
 
 
 def _job_query(*, with_result: bool) -> Select[Job, str, uuid.UUID | None, str | None]:
