@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Query, Request, Response
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
-from starlette.types import Message
 
 from ..deps import PrincipalDep, SessionDep, SettingsDep, StateDep, UserDep, parse_uuid
-from ..errors import BadRequest, ErrorDetail, PayloadTooLarge, ValidationFailed, error_responses
+from ..errors import ErrorDetail, ValidationFailed, error_responses
 from ..models import JobStatus
 from ..repositories.jobs import JobFilters
 from ..schemas.common import Message as MessageOut
@@ -32,6 +29,7 @@ from ..schemas.jobs import (
 )
 from ..schemas.programs import ProgramFilter
 from ..services import jobs as service
+from .job_bodies import RESULT_BODY, STOP_BODY, SUB_STATUS_BODY, read_fields
 from .routing import SlashRouter
 
 router = SlashRouter(prefix="/jobs", tags=["jobs"])
@@ -41,93 +39,6 @@ MAX_SMALL_BODY = 1024 * 1024
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 """No NUL or control characters: they can name nothing, and PostgreSQL refuses NUL in text."""
 _TZ_AFTER_SPACE = re.compile(r" (\d{2}(?::?\d{2})?)$")
-
-
-def _form_or_json_body(schema: dict[str, Any], *, required: bool) -> dict[str, Any]:
-    """OpenAPI text for a body read by hand: the same fields as JSON, a url-encoded form or a multipart form."""
-    content = {
-        media: {"schema": schema}
-        for media in ("application/json", "application/x-www-form-urlencoded", "multipart/form-data")
-    }
-    return {"requestBody": {"required": required, "content": content}}
-
-
-_RESULT_BODY = _form_or_json_body(
-    {
-        "type": "object",
-        "required": ["result"],
-        "properties": {"result": {"type": "string", "description": "The result as a JSON string."}},
-    },
-    required=True,
-)
-_SUB_STATUS_BODY = _form_or_json_body(
-    {
-        "type": "object",
-        "required": ["sub_status"],
-        "properties": {"sub_status": {"type": "string", "enum": [s.value for s in SubStatus]}},
-    },
-    required=True,
-)
-_STOP_BODY = {
-    "requestBody": {
-        "required": False,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"service": {"description": "Ignored: the client's runtime service, JSON-encoded."}},
-                }
-            }
-        },
-    }
-}
-
-
-def _limited(request: Request, limit: int) -> Request:
-    """The same request, refusing (413) a body larger than `limit` bytes, by Content-Length or while reading."""
-    message = f"The request body is larger than the limit of {limit} bytes."
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(message)
-    received = 0
-    receive = request.receive
-
-    async def counting_receive() -> Message:
-        nonlocal received
-        chunk = await receive()
-        if chunk["type"] == "http.request":
-            received += len(chunk.get("body", b""))
-            if received > limit:
-                raise PayloadTooLarge(message)
-        return chunk
-
-    return Request(request.scope, counting_receive)
-
-
-async def read_fields(request: Request, *, limit: int) -> dict[str, Any]:
-    """A JSON object body or a form body (url-encoded or multipart) as a dict; {} when there is no body."""
-    limited = _limited(request, limit)
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await limited.form(max_part_size=limit)
-        fields: dict[str, Any] = {}
-        for name, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                fields[name] = (await value.read()).decode("utf-8", errors="replace")
-            else:
-                fields[name] = value
-        await form.close()
-        return fields
-    body = await limited.body()
-    if not body.strip():
-        return {}
-    try:
-        parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise BadRequest("Invalid request: the body is neither JSON nor a form.") from None
-    if not isinstance(parsed, dict):
-        raise BadRequest("Invalid request: the body must be a JSON object.")
-    return parsed
 
 
 def parse_created_after(value: str | None) -> datetime | None:
@@ -278,7 +189,7 @@ async def get_result(session: SessionDep, principal: PrincipalDep, job_id: str) 
     response_model=JobOut,
     summary="Save a running job's result (legacy; a form or JSON field `result` holding a JSON string)",
     responses=error_responses(400, 401, 404, 409, 413),
-    openapi_extra=_RESULT_BODY,
+    openapi_extra=RESULT_BODY,
 )
 async def save_result(
     request: Request, session: SessionDep, settings: SettingsDep, principal: PrincipalDep, job_id: str
@@ -318,7 +229,7 @@ async def get_provider_logs(state: StateDep, session: SessionDep, principal: Pri
     response_model=MessageOut,
     summary="Stop a job (QUEUED: at once; PENDING or RUNNING: through Ray; finished: nothing to do)",
     responses=error_responses(401, 404),
-    openapi_extra=_STOP_BODY,
+    openapi_extra=STOP_BODY,
 )
 async def stop_job(state: StateDep, session: SessionDep, principal: PrincipalDep, job_id: str) -> MessageOut:
     message = await service.stop_job(
@@ -332,7 +243,7 @@ async def stop_job(state: StateDep, session: SessionDep, principal: PrincipalDep
     response_model=JobOut,
     summary="Say what a running job is doing (form or JSON field `sub_status`)",
     responses=error_responses(400, 401, 404, 409, 413),
-    openapi_extra=_SUB_STATUS_BODY,
+    openapi_extra=SUB_STATUS_BODY,
 )
 async def set_sub_status(request: Request, session: SessionDep, principal: PrincipalDep, job_id: str) -> JobOut:
     uuid_ = parse_uuid(job_id, "Job")
