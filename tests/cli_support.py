@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import psutil
@@ -32,6 +33,21 @@ def run_cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess
     return subprocess.run(
         [*CLI, *args], env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
     )
+
+
+class Outcome(Protocol):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def one_line_error(done: Outcome) -> str:
+    """The failure's message: a non-zero exit, nothing on stdout, exactly one line on stderr."""
+    assert done.returncode != 0, done
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
 
 
 def free_port() -> int:

@@ -212,6 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _configure_logging()
             serve(settings, host=args.host, port=args.port)
         elif args.command == "dispatcher":
+            if settings.public_url is None:  # checked before the slow import of the server
+                raise CommandError(
+                    "the dispatcher needs GATEWAY_PUBLIC_URL: the URL where jobs reach a gateway API replica"
+                )
             from .server import dispatch
 
             _configure_logging()
