@@ -119,8 +119,11 @@ class StatusSync:
             message = "Stopped on request." if row.stop_requested else note
         else:
             new_status = _FINAL[ray_state.status]
+            if new_status == JobStatus.FAILED and row.stop_requested:
+                # Ray cannot interrupt a runtime environment being built; what ends after a stop is STOPPED.
+                new_status = JobStatus.STOPPED
             message = _message(new_status, ray_state)
-        if ray_state is not None and new_status == JobStatus.FAILED and ray_state.message:
+        if ray_state is not None and ray_state.status == "FAILED" and ray_state.message:
             text += f"\n[gateway] Ray reports the job failed: {ray_state.message.strip()}\n"
         if note:
             text += f"[gateway] {note}\n"
