@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,6 +80,34 @@ def test_embedded_postgres_starts_migrates_stops_and_keeps_its_data(data_dir: Pa
     finally:
         again.stop()
     assert not postgres_processes(data_dir / "postgres")
+
+
+def test_a_server_left_by_a_killed_process_is_stopped_by_the_next_one(data_dir: Path) -> None:
+    """`serve` killed with SIGKILL leaves PostgreSQL running; the next start takes it over and stops it on exit."""
+    pgdata = data_dir / "postgres"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from serverless_gateway.embedded_db import EmbeddedPostgres;"
+            f"EmbeddedPostgres(Path({str(pgdata)!r})).start(); print('ready', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "ready"
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert postgres_processes(pgdata), "the killed process could not stop its server"
+
+    database = EmbeddedPostgres(pgdata)
+    url = database.start()
+    assert asyncio.run(_fetch(url, "SELECT 1")) == 1
+    database.stop()
+    assert not postgres_processes(pgdata)
 
 
 def test_admin_commands_use_the_embedded_database_and_stop_it(data_dir: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import warnings
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil
 from sqlalchemy.engine import make_url
 
 logger = logging.getLogger(__name__)
@@ -22,13 +24,33 @@ class EmbeddedDatabaseError(RuntimeError):
     """The embedded PostgreSQL could not be started."""
 
 
+HANDLES_FILE = ".handle_pids.json"
+
+
 def _get_server(pgdata: Path) -> Any:
     with warnings.catch_warnings():
         # platformdirs warns about an unset XDG_RUNTIME_DIR when pgserver is imported; it falls back fine.
         warnings.simplefilter("ignore")
-        from pgserver.postgres_server import get_server
+        from pgserver.postgres_server import PostgresServer, get_server
 
+        # pgserver stops the server when the last process using it exits, counting processes in a file that
+        # a killed process never leaves: forget the dead ones, or the server would never be stopped again.
+        with PostgresServer._lock:
+            _forget_dead_handles(pgdata / HANDLES_FILE)
         return get_server(pgdata, cleanup_mode="stop")
+
+
+def _forget_dead_handles(handles: Path) -> None:
+    try:
+        pids = json.loads(handles.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(pids, list):
+        return
+    alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
+    if alive != pids:
+        logger.info("forgetting %d exited process(es) that used the embedded PostgreSQL", len(pids) - len(alive))
+        handles.write_text(json.dumps(alive))
 
 
 def asyncpg_url(server_uri: str, database: str) -> str:
