@@ -221,7 +221,7 @@ def moto_server() -> Iterator[str]:
             process.wait()
 
 
-async def bench_s3(size: int, chunk: int, part_size: int, endpoint: str) -> list[Row]:
+async def bench_s3(size: int, chunk: int, part_size: int, in_flight: int, endpoint: str) -> list[Row]:
     # moto accepts any credentials; never ask the instance metadata service for real ones.
     for name, value in (("AWS_ACCESS_KEY_ID", "bench"), ("AWS_SECRET_ACCESS_KEY", "bench")):
         os.environ.setdefault(name, value)
@@ -230,7 +230,12 @@ async def bench_s3(size: int, chunk: int, part_size: int, endpoint: str) -> list
     async with session.client("s3", endpoint_url=endpoint) as client:
         await client.create_bucket(Bucket=BUCKET)
     storage = await S3Storage.open(
-        bucket=BUCKET, prefix="ours", endpoint_url=endpoint, region=REGION, part_size=part_size
+        bucket=BUCKET,
+        prefix="ours",
+        endpoint_url=endpoint,
+        region=REGION,
+        part_size=part_size,
+        parts_in_flight=in_flight,
     )
     rows: list[Row] = []
     try:
@@ -301,7 +306,7 @@ async def run_once(args: argparse.Namespace) -> list[Row]:
                 print(f"  done: {rows[-1].backend} {rows[-1].operation}", flush=True)
     if args.only in (None, "s3"):
         with moto_server() as endpoint:
-            rows.extend(await bench_s3(args.size, args.chunk, args.part_size, endpoint))
+            rows.extend(await bench_s3(args.size, args.chunk, args.part_size, args.parts_in_flight, endpoint))
             print("  done: s3", flush=True)
     return rows
 
@@ -327,6 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=parse_size, default=1024 * MIB, help="bytes per transfer (default 1GiB)")
     parser.add_argument("--chunk", type=parse_size, default=64 * 1024, help="chunk of the generated stream (64KiB)")
     parser.add_argument("--part-size", type=parse_size, default=DEFAULT_PART_SIZE, help="S3 part size (8MiB)")
+    parser.add_argument("--parts-in-flight", type=int, default=1, help="S3 parts sent at once (1)")
     parser.add_argument("--only", choices=["local", "s3"], help="one backend only")
     parser.add_argument("--repeat", type=int, default=1, help="run everything N times, report the best")
     parser.add_argument("--dir", default=None, help="where the local backend writes (default: the temp dir)")

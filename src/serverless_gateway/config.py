@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     )
     s3_endpoint_url: str | None = Field(default=None, description="S3 endpoint (MinIO, moto...).")
     s3_region: str | None = Field(default=None, description="S3 region.")
+    s3_part_size: int = Field(default=8 * MIB, ge=5 * MIB, description="Part size of multipart uploads to S3.")
+    s3_parts_in_flight: int = Field(
+        default=1, ge=1, le=16, description="Parts of one upload sent at once (more: faster, ~part size more memory)."
+    )
     ray_address: str | None = Field(
         default=None,
         description="Ray dashboard URL (http://host:8265). Unset: `serve` starts a local Ray head.",

@@ -16,7 +16,7 @@ from serverless_gateway.config import Settings
 from serverless_gateway.storage import ObjectNotFound, ObjectTooLarge, StorageError, StorageUnavailable, open_storage
 from serverless_gateway.storage.s3 import DEFAULT_PART_SIZE, MIN_PART_SIZE, S3Storage, part_size_for
 
-from .conftest import REGION, TEST_PART_SIZE, Payload, free_port, start_moto
+from .conftest import REGION, TEST_PART_SIZE, Payload, free_port, sha256_of, start_moto
 
 MIB = 1024 * 1024
 
@@ -218,3 +218,37 @@ async def test_s3_error_codes_map_to_storage_errors(
     assert type(mapped) is expected
     if expected is StorageUnavailable:
         assert s3.bucket in str(mapped)
+
+
+async def test_several_parts_in_flight_keep_the_order(moto_endpoint: str, s3_bucket: str, raw_s3: Any) -> None:
+    storage = await open_s3(moto_endpoint, s3_bucket, parts_in_flight=3)
+    try:
+        payload = Payload(26 * MIB + 3, chunk=MIB)
+        assert await storage.put_stream("many.bin", payload.stream()) == payload.size
+        assert await sha256_of(storage.open_stream("many.bin")) == (payload.sha256, payload.size)
+        head = await raw_s3.head_object(Bucket=s3_bucket, Key=storage.prefix + "many.bin")
+        assert head["ETag"].strip('"').endswith("-6")
+
+        with pytest.raises(ObjectTooLarge):
+            await storage.put_stream("too-big.bin", Payload(40 * MIB).stream(), max_bytes=21 * MIB)
+        uploads = await raw_s3.list_multipart_uploads(Bucket=s3_bucket, Prefix=storage.prefix)
+        assert uploads.get("Uploads", []) == []
+        assert [info.key for info in await storage.list("")] == ["many.bin"]
+    finally:
+        await storage.close()
+
+
+async def test_factory_takes_part_size_and_parts_in_flight_from_settings(moto_endpoint: str, s3_bucket: str) -> None:
+    settings = Settings(
+        storage_url=f"s3://{s3_bucket}/p",
+        s3_endpoint_url=moto_endpoint,
+        s3_region=REGION,
+        s3_part_size=6 * MIB,
+        s3_parts_in_flight=2,
+    )
+    storage = await open_storage(settings)
+    try:
+        assert isinstance(storage, S3Storage)
+        assert (storage.part_size, storage.parts_in_flight) == (6 * MIB, 2)
+    finally:
+        await storage.close()

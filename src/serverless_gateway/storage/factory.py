@@ -9,12 +9,12 @@ from urllib.parse import unquote, urlparse
 from ..config import Settings
 from .base import Storage, StorageError, StorageUnavailable
 from .local import LocalStorage
-from .s3 import DEFAULT_PART_SIZE, S3Storage
+from .s3 import S3Storage
 
 logger = logging.getLogger(__name__)
 
 
-async def open_storage(settings: Settings, *, s3_part_size: int = DEFAULT_PART_SIZE) -> Storage:
+async def open_storage(settings: Settings) -> Storage:
     """Build the configured backend; raises StorageUnavailable (one clear line) when it cannot be used."""
     url = settings.resolved_storage_url
     parsed = urlparse(url)
@@ -36,7 +36,8 @@ async def open_storage(settings: Settings, *, s3_part_size: int = DEFAULT_PART_S
             prefix=unquote(parsed.path),
             endpoint_url=settings.s3_endpoint_url,
             region=settings.s3_region,
-            part_size=s3_part_size,
+            part_size=settings.s3_part_size,
+            parts_in_flight=settings.s3_parts_in_flight,
         )
         try:
             await s3.check()

@@ -81,6 +81,7 @@ class S3Storage:
         prefix: str,
         endpoint_url: str | None,
         part_size: int,
+        parts_in_flight: int = 1,
     ):
         self._client = client
         self._exit_stack = exit_stack
@@ -88,6 +89,7 @@ class S3Storage:
         self.prefix = check_prefix(prefix)
         self.endpoint_url = endpoint_url
         self.part_size = part_size
+        self.parts_in_flight = parts_in_flight
 
     @classmethod
     async def open(
@@ -98,6 +100,7 @@ class S3Storage:
         endpoint_url: str | None = None,
         region: str | None = None,
         part_size: int = DEFAULT_PART_SIZE,
+        parts_in_flight: int = 1,
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
         max_attempts: int = 3,
@@ -106,6 +109,8 @@ class S3Storage:
         """Create the one client this storage uses; credentials come from the standard AWS_* variables."""
         if part_size < MIN_PART_SIZE:
             raise StorageError(f"S3 part size must be at least {MIN_PART_SIZE} bytes")
+        if parts_in_flight < 1:
+            raise StorageError("S3 parts in flight must be at least 1")
         prefix = check_prefix(prefix)
         config = AioConfig(
             connect_timeout=connect_timeout,
@@ -132,6 +137,7 @@ class S3Storage:
             prefix=prefix,
             endpoint_url=endpoint_url,
             part_size=part_size,
+            parts_in_flight=parts_in_flight,
         )
 
     @property
@@ -195,7 +201,9 @@ class S3Storage:
                     pending, pending_size = [], 0
                     with self._errors("upload", key=key):
                         if upload is None:
-                            upload = await _MultipartUpload.start(self._client, self.bucket, full_key)
+                            upload = await _MultipartUpload.start(
+                                self._client, self.bucket, full_key, max_in_flight=self.parts_in_flight
+                            )
                         await upload.send(data)
                     del data
             with self._errors("upload", key=key):
@@ -303,30 +311,31 @@ class S3Storage:
 
 
 class _MultipartUpload:
-    """One multipart upload with at most one part in flight while the next one is being gathered."""
+    """One multipart upload with at most `max_in_flight` parts being sent while the next one is gathered."""
 
-    def __init__(self, client: Any, bucket: str, key: str, upload_id: str):
+    def __init__(self, client: Any, bucket: str, key: str, upload_id: str, max_in_flight: int):
         self._client = client
         self._bucket = bucket
         self._key = key
         self._upload_id = upload_id
+        self._max_in_flight = max_in_flight
         self._parts: list[dict[str, Any]] = []
-        self._in_flight: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
         self.next_part_number = 1
 
     @classmethod
-    async def start(cls, client: Any, bucket: str, key: str) -> _MultipartUpload:
+    async def start(cls, client: Any, bucket: str, key: str, *, max_in_flight: int) -> _MultipartUpload:
         created = await client.create_multipart_upload(Bucket=bucket, Key=key)
-        return cls(client, bucket, key, str(created["UploadId"]))
+        return cls(client, bucket, key, str(created["UploadId"]), max_in_flight)
 
     async def send(self, data: bytes) -> None:
-        """Wait for the previous part, then start sending this one in the background."""
+        """Wait until fewer than `max_in_flight` parts are being sent, then send this one in the background."""
         if self.next_part_number > MAX_PARTS:
             raise ObjectTooLarge(f"more than {MAX_PARTS} parts")
-        await self._wait()
+        await self._wait(self._max_in_flight - 1)
         number = self.next_part_number
         self.next_part_number += 1
-        self._in_flight = asyncio.create_task(self._upload_part(number, data))
+        self._in_flight.add(asyncio.create_task(self._upload_part(number, data)))
 
     async def _upload_part(self, number: int, data: bytes) -> None:
         response = await self._client.upload_part(
@@ -336,13 +345,16 @@ class _MultipartUpload:
         part.update({name: response[name] for name in _CHECKSUM_FIELDS if response.get(name)})
         self._parts.append(part)
 
-    async def _wait(self) -> None:
-        task, self._in_flight = self._in_flight, None
-        if task is not None:
-            await task
+    async def _wait(self, at_most: int) -> None:
+        """Wait until at most `at_most` parts are in flight; the first failed part raises."""
+        while len(self._in_flight) > at_most:
+            done, _ = await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+            self._in_flight -= done
+            for task in done:
+                task.result()
 
     async def complete(self) -> None:
-        await self._wait()
+        await self._wait(0)
         self._parts.sort(key=lambda part: int(part["PartNumber"]))
         await self._client.complete_multipart_upload(
             Bucket=self._bucket, Key=self._key, UploadId=self._upload_id, MultipartUpload={"Parts": self._parts}
@@ -350,10 +362,10 @@ class _MultipartUpload:
 
     async def abort(self) -> None:
         """Drop the parts sent so far, so nothing half-written stays in the bucket; best effort."""
-        task, self._in_flight = self._in_flight, None
-        if task is not None and not task.done():
+        tasks, self._in_flight = self._in_flight, set()
+        for task in tasks:
             task.cancel()
-        if task is not None:
+        for task in tasks:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
         try:
