@@ -146,7 +146,14 @@ async def _serve_http(settings: Settings, sock: socket.socket, signals: Shutdown
     )
     server = uvicorn.Server(config)
     signals.server = server
-    logger.info("serverless-gateway %s listening on %s (API docs at /docs)", __version__, settings.public_url)
+    host, port = sock.getsockname()[:2]
+    listening = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    logger.info(
+        "serverless-gateway %s listening on %s (API docs at /docs); jobs call it back at %s",
+        __version__,
+        listening,
+        settings.public_url,
+    )
     try:
         await server.serve(sockets=[sock])
     finally:
