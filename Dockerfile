@@ -2,6 +2,7 @@
 # The gateway in a slim image: `docker build -t serverless-gateway .`
 # With no settings it runs on its embedded defaults (PostgreSQL, a local Ray head, file storage) under /data;
 # set GATEWAY_DATABASE_URL and GATEWAY_RAY_ADDRESS to use your own. Give Ray shared memory: --shm-size=2g.
+# linux/amd64 only: pgserver (the embedded PostgreSQL) has no Linux arm64 wheel (--platform linux/amd64 on arm).
 
 FROM python:3.11-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
