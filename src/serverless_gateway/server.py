@@ -50,6 +50,8 @@ class ShutdownSignals:
 
     def _handle(self, sig: int, frame: FrameType | None) -> None:
         # uvicorn re-raises the signal it handled once it has shut down; that lands here and only records it.
+        if sig == signal.SIGINT and self.received is not None:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop waiting for a slow start-up step
         self.received = sig
         if self.server is not None:
             self.server.should_exit = True
