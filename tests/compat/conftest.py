@@ -4,6 +4,10 @@ One gateway per session: `serverless-gateway serve` in a subprocess (it starts a
 head), a throwaway database, accounts made with the CLI. Scenario scripts under `scenarios/` run with the
 client's python and exit non-zero when a check fails; the slow ones (those that install qiskit-serverless
 inside a job) start in the background as soon as the session starts.
+
+Environment: GATEWAY_COMPAT_PYTHON uses that interpreter (with qiskit-serverless installed) instead of the cached
+virtualenv; GATEWAY_COMPAT_ARTIFACTS=<dir> keeps every scenario's output and the gateway's log there.
+Progress lines with timings show with `pytest -s`.
 """
 
 from __future__ import annotations
@@ -43,6 +47,14 @@ RUNNING_CAP_PER_USER = 2
 START_TIMEOUT = 180.0
 # Stopping the Ray head removes its temp dir, pip environments included: that takes a while.
 STOP_TIMEOUT = 120.0
+
+
+_T0 = time.monotonic()
+
+
+def note(message: str) -> None:
+    """Progress with the time since the session started (shown with `pytest -s`)."""
+    sys.stderr.write(f"[compat {time.monotonic() - _T0:6.1f}s] {message}\n")
 
 
 @pytest.fixture(autouse=True)
@@ -168,7 +180,7 @@ def _stop_gateway(gateway: Gateway) -> list[str]:
         problems.append(f"the gateway did not exit within {STOP_TIMEOUT:.0f} s of SIGTERM")
         gateway.process.kill()
         gateway.process.wait(timeout=10)
-    sys.stderr.write(f"gateway exited {time.monotonic() - started:.1f} s after SIGTERM\n")
+    note(f"gateway exited {time.monotonic() - started:.1f} s after SIGTERM")
     deadline = time.monotonic() + 20
     strays: list[psutil.Process] = []
     while True:
@@ -205,11 +217,13 @@ def gateway() -> Iterator[Gateway]:
     )
     log_path = data_dir / "gateway.log"
     log: IO[bytes] = log_path.open("wb")
+    note("migrating a throwaway database")
     # Migrate first, so the CLI can create accounts while `serve` is still starting its Ray head.
     migrated = subprocess.run([str(CLI), "migrate"], env=env, capture_output=True, text=True, timeout=180)
     if migrated.returncode != 0:
         _admin_exec(base, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         pytest.fail(f"`serverless-gateway migrate` failed:\n{migrated.stdout}\n{migrated.stderr}")
+    note("starting `serverless-gateway serve`")
     process = subprocess.Popen(
         [str(CLI), "serve", "--host", "127.0.0.1", "--port", str(port)],
         env=env,
@@ -268,7 +282,9 @@ def accounts(gateway: Gateway) -> dict[str, str]:
             ("provider", "create", "acme", "--admin-group", "acme-admins"),
         ],
     )
+    note("accounts created")
     _wait_ready(gateway)
+    note("gateway ready")
     return gateway.tokens
 
 
@@ -318,6 +334,7 @@ class Runner:
     def run(self, script: str, *, user: str, timeout: float = 300, **env: str) -> Outcome:
         """Run a scenario to its end; its output file (SCENARIO_OUTPUT) is read back into `env` callers."""
         cwd = self.cwd(script)
+        started = time.monotonic()
         try:
             done = subprocess.run(
                 self.command(script),
@@ -331,6 +348,8 @@ class Runner:
         except subprocess.TimeoutExpired as exc:
             output = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
             return Outcome(script, None, output + f"\n(timed out after {timeout} s)")
+        (cwd / "output.log").write_text(done.stdout)
+        note(f"scenario {script} exited {done.returncode} after {time.monotonic() - started:.1f} s")
         return Outcome(script, done.returncode, done.stdout)
 
     def output_of(self, script: str) -> dict[str, str]:
@@ -342,6 +361,14 @@ class Runner:
 def runner(gateway: Gateway, accounts: dict[str, str], client_python: str) -> Iterator[Runner]:
     workdir = Path(tempfile.mkdtemp(prefix="gwc-scenarios-"))
     yield Runner(gateway=gateway, python=client_python, workdir=workdir)
+    keep = os.environ.get("GATEWAY_COMPAT_ARTIFACTS")
+    if keep:
+        # Every scenario's output.log (and the gateway's log) for a look after the run.
+        target = Path(keep)
+        target.mkdir(parents=True, exist_ok=True)
+        for log in workdir.glob("*/output.log"):
+            shutil.copy(log, target / f"{log.parent.name}.log")
+        shutil.copy(gateway.log_path, target / "gateway.log")
     shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -362,6 +389,7 @@ class Background:
             self.process.wait()
             code = None
         self._log.close()
+        note(f"background {self.name} ended: {code}")
         output = self.log_path.read_text(errors="replace")
         if code is None:
             output += f"\n(timed out after {timeout} s)"
@@ -392,7 +420,9 @@ def early(runner: Runner) -> Iterator[Early]:
     docs_example = Background(
         runner, "docs example", runner.command(example_dir / "run_hello.py"), example_dir, runner.env("hana")
     )
+    note("docs example started")
     setup = runner.run("provider_setup", user="pam", timeout=120)
+    note(f"provider setup done ({setup.returncode})")
     grants: str | None = None
     inside: Background | None = None
     if setup.returncode == 0:
@@ -414,6 +444,7 @@ def early(runner: Runner) -> Iterator[Early]:
                 runner.cwd("inside_job"),
                 runner.env("victor", GATEWAY_PROVIDER_TOKEN=runner.gateway.tokens["pam"]),
             )
+    note("in-job scenario started")
     result = Early(provider_setup=setup, grants=grants, inside_job=inside, docs_example=docs_example)
     yield result
     docs_example.kill()
