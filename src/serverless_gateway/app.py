@@ -35,8 +35,8 @@ def create_app(settings: Settings, *, start_engine: bool | None = None) -> FastA
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.database_url is None:
             raise RuntimeError("GATEWAY_DATABASE_URL must be resolved before the app starts")
-        db_engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
         storage = await open_storage(settings)
+        db_engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
         state = GatewayState(
             settings=settings,
             db_engine=db_engine,

@@ -12,6 +12,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .storage.base import InvalidKey, ObjectNotFound, ObjectTooLarge, StorageError
+
 logger = logging.getLogger(__name__)
 
 
@@ -128,6 +130,17 @@ def _summary(details: Sequence[ErrorDetail]) -> str:
     return "Invalid request: " + "; ".join(parts) if parts else "Invalid request."
 
 
+def _storage_answer(exc: StorageError) -> tuple[int, str]:
+    """Storage failures that reach the API: the caller's fault is 4xx, the backend's is 503."""
+    if isinstance(exc, ObjectNotFound):
+        return 404, "Not found."
+    if isinstance(exc, ObjectTooLarge):
+        return 413, f"Too large: {exc}"
+    if isinstance(exc, InvalidKey):
+        return 400, f"Invalid name: {exc}"
+    return 503, "Storage is unavailable right now; try again later."
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Render every error, ours or the framework's, as `{"message", "errors"?}`."""
 
@@ -147,6 +160,13 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and message == "Not Found":
             message = "Not found."
         return _envelope(exc.status_code, ErrorBody(message=message), getattr(exc, "headers", None))
+
+    @app.exception_handler(StorageError)
+    async def _storage_error(_: Request, exc: StorageError) -> JSONResponse:
+        status, message = _storage_answer(exc)
+        if status >= 500:
+            logger.warning("storage error: %s", exc)
+        return _envelope(status, ErrorBody(message=message))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -55,3 +55,20 @@ async def test_dependencies_versions_needs_auth_and_lists_allowlist(client: Asyn
         response = await client.get(path, headers=user.headers)
         assert response.status_code == 200
         assert response.json() == []
+
+
+async def test_storage_errors_reaching_the_api_use_the_envelope(app, client: AsyncClient) -> None:  # type: ignore[no-untyped-def]
+    from serverless_gateway.storage.base import InvalidKey, StorageError, StorageUnavailable
+
+    @app.get("/_test/storage-error/{kind}")
+    async def boom(kind: str) -> None:
+        raise {"bad": InvalidKey("x/.."), "down": StorageUnavailable("gone"), "other": StorageError("odd")}[kind]
+
+    try:
+        assert (await client.get("/_test/storage-error/bad")).status_code == 400
+        for kind in ("down", "other"):
+            response = await client.get(f"/_test/storage-error/{kind}")
+            assert response.status_code == 503
+            assert "unavailable" in response.json()["message"]
+    finally:
+        app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", "") != "/_test/storage-error/{kind}"]
