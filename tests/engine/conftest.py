@@ -20,6 +20,7 @@ from sqlalchemy import select
 from serverless_gateway.app import create_app
 from serverless_gateway.config import Settings
 from serverless_gateway.engine.local_ray import LocalRayHead, free_port
+from serverless_gateway.engine.runtime import EngineRuntime
 from serverless_gateway.models import Job, JobStatus, Program
 from serverless_gateway.state import GatewayState
 from tests.conftest import TestUser, make_tar, upload_program
@@ -204,3 +205,22 @@ async def add_program_row(
         )
         session.add(program)
     return program.id
+
+
+@pytest.fixture
+def quiet_live(live: LiveGateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pause the live gateway's engine (it shares the database) while a test drives its own engines."""
+    engine = live.state.engine
+    assert isinstance(engine, EngineRuntime)
+    assert engine.dispatcher is not None
+    assert engine.sync is not None
+
+    async def nothing() -> int:
+        return 0
+
+    async def no_stops() -> bool:
+        return False
+
+    monkeypatch.setattr(engine.dispatcher, "dispatch", nothing)
+    monkeypatch.setattr(engine.sync, "sync_once", nothing)
+    monkeypatch.setattr(engine.sync, "handle_stops", no_stops)

@@ -27,7 +27,7 @@ from .workdirs import Workdirs
 logger = logging.getLogger(__name__)
 
 MIN_SYNC_SECONDS = 0.1
-BACKOFF_MAX_SECONDS = 30.0
+BACKOFF_MAX_SECONDS = 10.0
 HEALTH_CACHE_SECONDS = 1.0
 
 
