@@ -95,6 +95,9 @@ expect_error(
     lambda: client.upload(QiskitFunction(title="acme/intruder", entrypoint="main.py", working_dir=stage("plain"))),
 )
 
+step("a function with a container image (unsupported here) is refused readably")
+expect_error(lambda: client.upload(QiskitFunction(title="fn-image", image="docker.io/library/python:3.11")), "400")
+
 step("another user does not see this user's functions")
 other = connect("GATEWAY_OTHER_TOKEN")
 check("fn-catalog" not in [f.title for f in other.functions()], "another user sees fn-catalog in functions()")

@@ -26,6 +26,8 @@ failing = helpers.run(name="victor", mode="fail")
 step("update_status(MAPPING) inside the job shows as 'RUNNING: MAPPING'")
 seen = wait_for_status(good, {"RUNNING: MAPPING"}, timeout=420)
 print("    statuses seen:", seen)
+# Ray builds the pip environment on this fresh head while the job waits: it is PENDING long enough to be seen.
+check("INITIALIZING" in seen, f"the job should show INITIALIZING while its dependencies install: {seen}")
 check_equal(good.raw_data.get("sub_status"), "MAPPING", "sub_status in the job's data")
 check_equal(wait_terminal(good, timeout=120)[-1], "DONE", "final status")
 

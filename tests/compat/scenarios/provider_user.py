@@ -6,6 +6,8 @@ GATEWAY_OTHER_TOKEN belongs to a user in no group: the provider's functions stay
 # ruff: noqa: T201
 from __future__ import annotations
 
+from pathlib import Path
+
 import requests
 from common import check, check_equal, connect, expect_error, step, wait_terminal, write_output
 from qiskit_serverless import QiskitFunction, QiskitServerlessException
@@ -36,6 +38,10 @@ check("private-marker" not in logs and "[PRIVATE]" not in logs, "[PRIVATE] lines
 check(job.job_id in [j.job_id for j in user.jobs(function=function)], "the user lists its provider job")
 job_by_run = user.run("plain", arguments={"who": "again"}, provider="acme")
 check_equal(wait_terminal(job_by_run)[-1], "DONE", "client.run(title, provider=...)")
+job_by_path = user.run("acme/plain", arguments={"who": "by path"})
+check_equal(wait_terminal(job_by_path)[-1], "DONE", "client.run('provider/title')")
+check_equal(job_by_path.result(), {"ok": True, "who": "by path"}, "result of client.run('provider/title')")
+check_equal(user.validate_arguments("acme/plain", {"who": "x"}).get("valid", True), True, "validate_arguments")
 
 step("the user cannot read private logs, provider files or provider jobs")
 expect_error(job.provider_logs)
@@ -48,6 +54,11 @@ expect_error(lambda: user.provider_file_delete("provider-secret.txt", function))
 expect_error(lambda: user.provider_jobs(function))
 own_files = user.files(function)
 check("provider-secret.txt" not in own_files, f"the user's files() shows the provider's file: {own_files}")
+
+step("the user keeps files of its own for the provider function")
+Path("mine.txt").write_text("ursula's data\n")
+user.file_upload("mine.txt", function)
+check_equal(user.files(function), ["mine.txt"], "the user's files for acme/plain")
 
 step("a user outside the granted group does not see the provider function")
 stranger = connect("GATEWAY_OTHER_TOKEN")

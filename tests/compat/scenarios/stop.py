@@ -21,6 +21,12 @@ seen_first = wait_for_status(first, {"RUNNING"}, timeout=120)
 seen_second = wait_for_status(second, {"RUNNING"}, timeout=120)
 print("    statuses seen:", seen_first, seen_second)
 
+step("logs() of a RUNNING job are Ray's live logs")
+deadline = time.monotonic() + 30
+while "sleeping" not in first.logs():
+    check(time.monotonic() < deadline, f"live logs never showed 'sleeping': {first.logs()!r}")
+    time.sleep(1)
+
 step("a third job stays QUEUED")
 third = sleeper.run(mode="sleep", seconds=300)
 for _ in range(6):

@@ -12,6 +12,8 @@ import time
 import urllib.parse
 import urllib.request
 
+from lib.shout import shout
+
 
 def call_gateway(method, path, *, body=None, form=None):
     """Call this job's own endpoints with the job token, as the client's helpers do."""
@@ -66,14 +68,16 @@ if arguments.get("write"):
 
 legacy_arguments = os.environ.get("ENV_JOB_ARGUMENTS")
 result = {
-    "arguments": arguments,
+    "arguments": {key: value for key, value in arguments.items() if key != "big"},
     "greeting": os.environ.get("GREETING"),
     "job_id": os.environ.get("ENV_JOB_ID_GATEWAY"),
-    "env_arguments": json.loads(legacy_arguments) if legacy_arguments else None,
+    "env_arguments": json.loads(legacy_arguments) if legacy_arguments and "big" not in arguments else None,
     "data_path_set": bool(data_path),
     "data_files": data_files,
     "read_back": read_back,
     "runtime_posts": statuses,
+    "shout": shout("hi"),
+    "big_length": len(arguments.get("big", "")),
 }
 results_path = os.environ["RESULTS_PATH"]
 os.makedirs(os.path.dirname(results_path) or ".", exist_ok=True)
