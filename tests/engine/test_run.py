@@ -22,7 +22,8 @@ with open(os.environ["ARGUMENTS_PATH"]) as handle:
     arguments = json.load(handle)
 legacy = json.loads(os.environ["ENV_JOB_ARGUMENTS"])
 assert legacy == arguments, (legacy, arguments)
-assert os.path.isdir(os.environ["DATA_PATH"])
+with open(os.path.join(os.environ["DATA_PATH"], "made-by-job.txt"), "w") as handle:
+    handle.write("written in the job")
 print("adding", arguments["a"], arguments["b"])
 with open(os.environ["RESULTS_PATH"], "w") as handle:
     json.dump({"sum": arguments["a"] + arguments["b"], "job": os.environ["ENV_JOB_ID_GATEWAY"]}, handle)
@@ -45,6 +46,11 @@ async def test_job_reads_arguments_and_saves_result(live: LiveGateway, gw: httpx
     assert "adding 2 40" in logs
     result = await gw.get(f"/api/v1/jobs/{job_id}/result/", headers=alice.headers)
     assert json.loads(result.json()["result"]) == {"sum": 42, "job": str(job_id)}
+    download = await gw.get(
+        "/api/v1/files/download/", headers=alice.headers, params={"file": "made-by-job.txt", "function": "adder"}
+    )
+    assert download.status_code == 200, download.text
+    assert download.text == "written in the job"
 
 
 async def test_failing_entrypoint_fails_with_traceback(

@@ -114,7 +114,7 @@ class Dispatcher:
         try:
             async with self._semaphore:
                 submission = await build_submission(
-                    item, token=token, settings=self.state.settings, workdirs=self.workdirs
+                    item, token=token, settings=self.state.settings, workdirs=self.workdirs, storage=self.state.storage
                 )
                 try:
                     await self.ray.submit(

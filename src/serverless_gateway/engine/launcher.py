@@ -3,7 +3,7 @@
 The engine ships this file as `__main__.py` of a small per-job package (with `arguments.json` beside it) and
 starts the job as `python -m <package> <entrypoint>` in the program's working directory. It:
   1. points ARGUMENTS_PATH at the arguments file, RESULTS_PATH at a fresh scratch file and, unless the gateway
-     set one, DATA_PATH at a scratch directory;
+     set a reachable one, DATA_PATH at a scratch directory;
   2. runs the entrypoint with runpy in this process, so tracebacks reach the logs and the exit code is kept;
   3. sends the RESULTS_PATH file to POST {ENV_JOB_GATEWAY_HOST}/api/v1/jobs/{id}/result/ with the job token.
 A result that is not valid JSON fails the job. When the gateway cannot be reached, the result is printed on one
@@ -38,10 +38,16 @@ def prepare_environment(here: str) -> str:
     os.environ["ARGUMENTS_PATH"] = os.path.join(here, "arguments.json")
     results_path = os.path.join(scratch, "results.json")
     os.environ["RESULTS_PATH"] = results_path
-    if not os.environ.get("DATA_PATH"):
+    data = os.environ.get("DATA_PATH")
+    if data:
+        try:
+            os.makedirs(data, exist_ok=True)
+        except OSError:  # the gateway's file space is not reachable from this worker
+            data = None
+    if not data:
         data = os.path.join(scratch, "data")
         os.makedirs(data, exist_ok=True)
-        os.environ["DATA_PATH"] = data
+    os.environ["DATA_PATH"] = data
     return results_path
 
 

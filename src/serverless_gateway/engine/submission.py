@@ -19,7 +19,9 @@ from typing import Any
 from ..config import Settings
 from ..repositories.engine import ClaimedJob
 from ..services.artifacts import ArtifactRejected
-from ..storage.base import ObjectNotFound
+from ..services.files import user_files_prefix
+from ..storage.base import ObjectNotFound, Storage
+from ..storage.local import LocalStorage
 from .workdirs import LAUNCHER_PACKAGE, Workdirs
 
 SUBMISSION_PREFIX = "gw-"
@@ -74,7 +76,7 @@ def check_dependencies(dependencies: list[str], allowlist: list[str] | None) -> 
     return requirements
 
 
-def job_env(claimed: ClaimedJob, *, token: str, settings: Settings) -> dict[str, str]:
+def job_env(claimed: ClaimedJob, *, token: str, settings: Settings, data_path: str | None = None) -> dict[str, str]:
     """The program's env vars, then the in-job contract of the official client (these win)."""
     job = claimed.job
     env = {str(key): str(value) for key, value in (claimed.program.env_vars or {}).items()}
@@ -90,10 +92,28 @@ def job_env(claimed: ClaimedJob, *, token: str, settings: Settings) -> dict[str,
     )
     if len(job.arguments.encode("utf-8")) <= MAX_ENV_ARGUMENTS_BYTES:
         env["ENV_JOB_ARGUMENTS"] = job.arguments
+    if data_path is not None:
+        env["DATA_PATH"] = data_path
     return env
 
 
-async def build_submission(claimed: ClaimedJob, *, token: str, settings: Settings, workdirs: Workdirs) -> Submission:
+async def local_data_path(claimed: ClaimedJob, storage: Storage) -> str | None:
+    """With local storage, the user's file space of this function (what the files API lists), else None.
+
+    It is only meaningful when the Ray workers share the gateway's filesystem (a local head); elsewhere the
+    launcher falls back to a scratch directory when the path cannot be created.
+    """
+    if not isinstance(storage, LocalStorage):
+        return None
+    prefix = user_files_prefix(claimed.job.author_id, claimed.provider_name, claimed.program.title)
+    path = storage.root.joinpath(*prefix.strip("/").split("/"))
+    await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
+    return str(path)
+
+
+async def build_submission(
+    claimed: ClaimedJob, *, token: str, settings: Settings, workdirs: Workdirs, storage: Storage
+) -> Submission:
     """Prepare the working dir and launcher package of a claimed job; SubmissionRejected when it cannot run.
 
     Storage outages propagate as StorageError (transient: the submission is retried).
@@ -109,11 +129,12 @@ async def build_submission(claimed: ClaimedJob, *, token: str, settings: Setting
     entry = program_dir / program.entrypoint
     if not await asyncio.to_thread(entry.is_file):
         raise SubmissionRejected(f"entrypoint {program.entrypoint!r} was not found in the program's files")
+    data_path = await local_data_path(claimed, storage)
     package = await workdirs.job_package(job_id=job.id, arguments=job.arguments)
     runtime_env: dict[str, Any] = {
         "working_dir": str(program_dir),
         "py_modules": [str(package)],
-        "env_vars": job_env(claimed, token=token, settings=settings),
+        "env_vars": job_env(claimed, token=token, settings=settings, data_path=data_path),
     }
     if requirements:
         runtime_env["pip"] = requirements

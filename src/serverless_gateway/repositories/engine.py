@@ -11,7 +11,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
-from ..models import Job, JobStatus, Program, User
+from ..models import Job, JobStatus, Program, Provider, User
 
 # Claims from every gateway replica are serialized by this transaction-level advisory lock, so the global and
 # per-user caps hold across replicas (claiming is a few milliseconds; SKIP LOCKED still skips rows that an API
@@ -40,6 +40,7 @@ class ClaimedJob:
     job: Job
     program: Program
     username: str
+    provider_name: str | None = None
 
 
 async def count_running(session: AsyncSession) -> int:
@@ -84,15 +85,19 @@ async def claim_queued(session: AsyncSession, *, max_running: int, per_user: int
     if not ids:
         return []
     rows = await session.execute(
-        select(Job, Program, User.username)
+        select(Job, Program, User.username, Provider.name)
         .join(Program, Program.id == Job.program_id)
         .join(User, User.id == Job.author_id)
+        .outerjoin(Provider, Provider.id == Program.provider_id)
         .where(Job.id.in_(ids), Job.status == JobStatus.QUEUED.value)
         .options(defer(Job.result))
         .with_for_update(of=Job, skip_locked=True)
     )
     order = {job_id: index for index, job_id in enumerate(ids)}
-    claimed = [ClaimedJob(job=job, program=program, username=username) for job, program, username in rows.all()]
+    claimed = [
+        ClaimedJob(job=job, program=program, username=username, provider_name=provider)
+        for job, program, username, provider in rows.all()
+    ]
     claimed.sort(key=lambda item: order[item.job.id])
     return claimed
 
@@ -101,9 +106,10 @@ async def load_for_resubmit(session: AsyncSession, job_id: uuid.UUID) -> Claimed
     """A PENDING job that never reached Ray, locked, with its program (None if it moved on meanwhile)."""
     row = (
         await session.execute(
-            select(Job, Program, User.username)
+            select(Job, Program, User.username, Provider.name)
             .join(Program, Program.id == Job.program_id)
             .join(User, User.id == Job.author_id)
+            .outerjoin(Provider, Provider.id == Program.provider_id)
             .where(Job.id == job_id, Job.status == JobStatus.PENDING.value, Job.submitted_at.is_(None))
             .options(defer(Job.result))
             .with_for_update(of=Job, skip_locked=True)
@@ -111,7 +117,7 @@ async def load_for_resubmit(session: AsyncSession, job_id: uuid.UUID) -> Claimed
     ).first()
     if row is None:
         return None
-    return ClaimedJob(job=row[0], program=row[1], username=row[2])
+    return ClaimedJob(job=row[0], program=row[1], username=row[2], provider_name=row[3])
 
 
 async def load_active(session: AsyncSession) -> list[ActiveJob]:
