@@ -51,12 +51,14 @@ def prepare_environment(here: str) -> str:
     return results_path
 
 
-def _user_frames(tb: TracebackType | None) -> TracebackType | None:
-    """Skip the launcher's and runpy's own frames so the traceback starts in the user's code."""
-    skipped = {os.path.abspath(__file__), os.path.abspath(runpy.__file__ or "")}
-    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) in skipped:
+def _user_frames(tb: TracebackType | None, entrypoint: str) -> TracebackType | None:
+    """Start the traceback at the user's script, skipping the launcher's and runpy's own frames."""
+    first = tb
+    while tb is not None:
+        if os.path.abspath(tb.tb_frame.f_code.co_filename) == entrypoint:
+            return tb
         tb = tb.tb_next
-    return tb
+    return first
 
 
 def run_entrypoint(entrypoint: str, args: list[str]) -> int:
@@ -77,7 +79,7 @@ def run_entrypoint(entrypoint: str, args: list[str]) -> int:
         sys.stderr.write(f"{exc.code}\n")
         return 1
     except BaseException as exc:
-        traceback.print_exception(type(exc), exc, _user_frames(exc.__traceback__))
+        traceback.print_exception(type(exc), exc, _user_frames(exc.__traceback__, path))
         return 1
     finally:
         sys.stdout.flush()
@@ -108,8 +110,9 @@ def send_result(text: str) -> bool | None:
         return None
     url = f"{host}/api/v1/jobs/{job_id}/result/"
     body = json.dumps({"result": text}).encode("utf-8")
+    attempts = max(1, int(os.environ.get("GATEWAY_RESULT_SEND_ATTEMPTS", _SEND_ATTEMPTS)))
     delay = 0.5
-    for attempt in range(_SEND_ATTEMPTS):
+    for attempt in range(attempts):
         try:
             status, detail = _post(url, token, body)
         except (OSError, TimeoutError) as exc:
@@ -119,7 +122,7 @@ def send_result(text: str) -> bool | None:
         if 400 <= status < 500 and status not in (408, 429):
             _say(f"the gateway refused the result ({status}): {detail}")
             return False
-        if attempt + 1 < _SEND_ATTEMPTS:
+        if attempt + 1 < attempts:
             time.sleep(delay)
             delay = min(delay * 2, 8.0)
     _say(f"could not reach the gateway to save the result ({detail or status})")

@@ -1,0 +1,192 @@
+"""Engine pieces that need no Ray: log capping, error sorting, dependency checks and the launcher script."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from serverless_gateway.engine import launcher
+from serverless_gateway.engine.joblogs import cap_tail, extract_result
+from serverless_gateway.engine.local_ray import free_port
+from serverless_gateway.engine.ray_client import (
+    RayJobNotFound,
+    RayRejected,
+    RayUnavailable,
+    SubmissionExists,
+    classify,
+)
+from serverless_gateway.engine.submission import (
+    SubmissionRejected,
+    check_dependencies,
+    job_id_from_submission,
+    submission_id_for,
+)
+
+
+def test_cap_tail_keeps_the_end_with_a_note() -> None:
+    text = "".join(f"line {index}\n" for index in range(1000))
+    capped = cap_tail(text, 200)
+    assert capped.startswith("[gateway] logs truncated: the first ")
+    assert capped.endswith("line 999\n")
+    assert len(capped.split("\n", 1)[1].encode()) <= 200
+    assert cap_tail("short\n", 200) == "short\n"
+
+
+def test_extract_result_takes_the_marker_line_out() -> None:
+    encoded = json.dumps('{"a": 1}')
+    raw = f"hello\n{launcher.RESULT_MARKER} {encoded}\nbye\n"
+    logs, result = extract_result(raw)
+    assert logs == "hello\nbye\n"
+    assert result == '{"a": 1}'
+    assert extract_result("plain\n") == ("plain\n", None)
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (requests.ConnectionError("refused"), RayUnavailable),
+        (requests.Timeout("slow"), RayUnavailable),
+        (ConnectionError("Failed to connect to Ray at address: http://x."), RayUnavailable),
+        (RuntimeError("Request failed with status code 503: busy."), RayUnavailable),
+        (
+            RuntimeError(
+                "Request failed with status code 500: ValueError: Job with submission_id gw-1 already exists."
+            ),
+            SubmissionExists,
+        ),
+        (RuntimeError("Request failed with status code 404: Job gw-1 does not exist."), RayJobNotFound),
+        (
+            RuntimeError("Request failed with status code 500: Request failed with status code 400: bad env."),
+            RayRejected,
+        ),
+        (ValueError("invalid runtime_env"), RayRejected),
+    ],
+)
+def test_ray_errors_are_sorted(error: Exception, kind: type[Exception]) -> None:
+    assert isinstance(classify(error), kind)
+
+
+def test_dependencies_and_allow_list() -> None:
+    assert check_dependencies(["numpy==1.0", " "], None) == ["numpy==1.0"]
+    assert check_dependencies(["Scikit_Learn>=1"], ["scikit-learn"]) == ["Scikit_Learn>=1"]
+    with pytest.raises(SubmissionRejected, match="allow-list"):
+        check_dependencies(["requests"], ["numpy"])
+
+
+def test_submission_ids_round_trip() -> None:
+    import uuid
+
+    job_id = uuid.uuid4()
+    assert job_id_from_submission(submission_id_for(job_id)) == job_id
+    assert job_id_from_submission("raysubmit_abc") is None
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    received: list[dict[str, Any]] = []
+    answer = 200
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Recorder.received.append({"path": self.path, "auth": self.headers["Authorization"], "body": json.loads(body)})
+        self.send_response(_Recorder.answer)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+@pytest.fixture
+def recorder() -> Iterator[str]:
+    _Recorder.received = []
+    _Recorder.answer = 200
+    server = HTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def run_launcher(tmp_path: Path, program: str, host: str, *, arguments: str = "{}") -> subprocess.CompletedProcess[str]:
+    package = tmp_path / "pkg" / "serverless_gateway_job"
+    package.mkdir(parents=True)
+    shutil.copy(launcher.__file__, package / "__main__.py")
+    (package / "__init__.py").write_text("")
+    (package / "arguments.json").write_text(arguments)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / "main.py").write_text(program)
+    env = {
+        "PYTHONPATH": str(tmp_path / "pkg"),
+        "ENV_JOB_GATEWAY_HOST": host,
+        "ENV_JOB_GATEWAY_TOKEN": "gwjob_secret",
+        "ENV_JOB_ID_GATEWAY": "job-1",
+        "GATEWAY_RESULT_SEND_ATTEMPTS": "1",
+        "PATH": "/usr/bin:/bin",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "serverless_gateway_job", "main.py"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+SAVING = """
+import json, os
+args = json.load(open(os.environ["ARGUMENTS_PATH"]))
+assert os.path.isdir(os.environ["DATA_PATH"])
+json.dump({"twice": args["x"] * 2}, open(os.environ["RESULTS_PATH"], "w"))
+print("done")
+"""
+
+
+def test_launcher_runs_the_entrypoint_and_posts_the_result(tmp_path: Path, recorder: str) -> None:
+    done = run_launcher(tmp_path, SAVING, recorder, arguments='{"x": 21}')
+    assert done.returncode == 0, done.stderr
+    assert "done" in done.stdout
+    assert _Recorder.received == [
+        {"path": "/api/v1/jobs/job-1/result/", "auth": "Bearer gwjob_secret", "body": {"result": '{"twice": 42}'}}
+    ]
+
+
+def test_launcher_keeps_exit_codes_and_shows_the_users_traceback(tmp_path: Path, recorder: str) -> None:
+    failing = run_launcher(tmp_path / "a", "def f():\n    raise KeyError('nope')\nf()\n", recorder)
+    assert failing.returncode == 1
+    assert "KeyError: 'nope'" in failing.stderr
+    assert 'main.py", line 3' in failing.stderr
+    assert "runpy" not in failing.stderr
+    assert run_launcher(tmp_path / "b", "import sys\nsys.exit(3)\n", recorder).returncode == 3
+    assert _Recorder.received == []
+
+
+def test_launcher_refuses_a_result_that_is_not_json(tmp_path: Path, recorder: str) -> None:
+    done = run_launcher(tmp_path, "import os\nopen(os.environ['RESULTS_PATH'], 'w').write('nope')\n", recorder)
+    assert done.returncode == 1
+    assert "not valid JSON" in done.stderr
+    assert _Recorder.received == []
+
+
+def test_launcher_prints_the_result_when_the_gateway_is_unreachable(tmp_path: Path) -> None:
+    done = run_launcher(tmp_path, SAVING, f"http://127.0.0.1:{free_port()}", arguments='{"x": 1}')
+    assert done.returncode == 0, done.stderr
+    assert extract_result(done.stdout)[1] == '{"twice": 2}'
+
+
+def test_launcher_fails_the_job_when_the_gateway_refuses_the_result(tmp_path: Path, recorder: str) -> None:
+    _Recorder.answer = 413
+    done = run_launcher(tmp_path, SAVING, recorder, arguments='{"x": 1}')
+    assert done.returncode == 1
+    assert "refused the result (413)" in done.stderr
