@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,11 +31,16 @@ from tests.cli_support import cli_env, kill_postgres, postgres_processes, run_cl
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    """A data dir whose embedded PostgreSQL, if any is left running by a failed test, is stopped."""
-    path = tmp_path / "data"
+def data_dir() -> Iterator[Path]:
+    """A data dir outside pytest's tmp_path, whose embedded PostgreSQL is stopped if a failed test left it running.
+
+    As root, pgserver runs PostgreSQL as a `pgserver` user and opens up the parent directories for it; pytest
+    sets /tmp/pytest-of-<user> back to 0700 whenever another session starts, which would lock that user out.
+    """
+    path = Path(tempfile.mkdtemp(prefix="gw-embedded-")) / "data"
     yield path
     kill_postgres(path / "postgres")
+    shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def _sync_dsn(url: str) -> str:
