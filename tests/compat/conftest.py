@@ -272,13 +272,14 @@ def accounts(gateway: Gateway) -> dict[str, str]:
         lines = out.strip().splitlines()
         assert lines, f"`user create {name}` printed no token"
         gateway.tokens[name] = lines[-1].strip()
-    _cli_all(gateway, [("group", "create", "acme-admins"), ("group", "create", "acme-users")])
+    _cli_all(gateway, [("group", "create", g) for g in ("acme-admins", "acme-users", "acme-viewers")])
     _cli_all(
         gateway,
         [
             ("group", "add-user", "acme-admins", "pam"),
             ("group", "add-user", "acme-users", "ursula"),
             ("group", "add-user", "acme-users", "victor"),
+            ("group", "add-user", "acme-viewers", "bob"),
             ("provider", "create", "acme", "--admin-group", "acme-admins"),
         ],
     )
@@ -430,8 +431,11 @@ def early(runner: Runner) -> Iterator[Early]:
             _cli_all(
                 runner.gateway,
                 [
-                    ("program", "grant", title, "--provider", "acme", "--group", "acme-users", "--run")
-                    for title in ("helpers", "plain")
+                    *(
+                        ("program", "grant", title, "--provider", "acme", "--group", "acme-users", "--run")
+                        for title in ("helpers", "plain")
+                    ),
+                    ("program", "grant", "helpers", "--provider", "acme", "--group", "acme-viewers", "--view"),
                 ],
             )
         except AssertionError as exc:

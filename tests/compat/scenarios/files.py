@@ -3,6 +3,7 @@
 # ruff: noqa: T201
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import requests
@@ -31,6 +32,22 @@ check_equal(name, "copy.txt", "downloaded file name")
 check_equal((downloads / "copy.txt").read_text(encoding="utf-8"), content, "downloaded content")
 name = client.file_download("data.txt", function, download_location=str(downloads))
 check((downloads / name).read_bytes() == content.encode(), "download with a generated name")
+
+step("a name with spaces and accents, and a 6 MB file, go both ways")
+odd = Path("résumé des données.txt")
+odd.write_text("accents\n", encoding="utf-8")
+client.file_upload(str(odd), function)
+check(odd.name in client.files(function), f"files() should list {odd.name!r}: {client.files(function)}")
+name = client.file_download(odd.name, function, target_name="odd-copy.txt", download_location=str(downloads))
+check_equal((downloads / name).read_text(encoding="utf-8"), "accents\n", "content of the accented file")
+client.file_delete(odd.name, function)
+large = Path("large.bin")
+payload = os.urandom(6 * 1024 * 1024)
+large.write_bytes(payload)
+client.file_upload(str(large), function)
+name = client.file_download("large.bin", function, target_name="large-copy.bin", download_location=str(downloads))
+check((downloads / name).read_bytes() == payload, "the 6 MB file came back different")
+client.file_delete("large.bin", function)
 
 step("unsafe file names are refused with 400")
 expect_error(

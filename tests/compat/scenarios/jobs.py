@@ -33,6 +33,7 @@ job2 = fetched.run(mode="runtime", config=Configuration(workers=1))
 job3 = echo.run(mode="legacy")
 crash = echo.run(mode="crash")
 bad = echo.run(mode="badjson")
+silent = echo.run(mode="silent")
 
 seen = wait_terminal(job)
 check_equal(seen[-1], "DONE", f"final status (seen {seen})")
@@ -85,6 +86,10 @@ check_equal(crash.events(type="ERROR"), [], "no error events were sent")
 step("a result that is not JSON fails the job")
 check_equal(wait_terminal(bad)[-1], "ERROR", "status of a job whose result is not JSON")
 
+step("a job that saves no result: DONE, and result() is {}")
+check_equal(wait_terminal(silent)[-1], "DONE", "status of the job that saved nothing")
+check_equal(silent.result(), {}, "result() of a job that saved nothing")
+
 step("big arguments (300 kB) reach the job through ARGUMENTS_PATH")
 big = echo.run(mode="echo", big="x" * 300_000)
 check_equal(wait_terminal(big)[-1], "DONE", "status of the job with big arguments")
@@ -103,7 +108,7 @@ late = other_fn.run(mode="echo")
 wait_terminal(late)
 all_ids = [j.job_id for j in client.jobs(limit=20)]
 print("    jobs:", all_ids)
-expected = [late.job_id, big.job_id, bad.job_id, crash.job_id, job3.job_id, job2.job_id, job.job_id]
+expected = [late.job_id, big.job_id, silent.job_id, bad.job_id, crash.job_id, job3.job_id, job2.job_id, job.job_id]
 check_equal(all_ids, expected, "jobs() newest first")
 check_equal([j.job_id for j in client.jobs()], expected, "jobs() default limit")
 check_equal([j.job_id for j in client.jobs(limit=2)], expected[:2], "jobs(limit=2)")
@@ -111,19 +116,19 @@ check_equal([j.job_id for j in client.jobs(limit=2, offset=2)], expected[2:4], "
 check_equal([j.job_id for j in client.jobs(offset=5)], expected[5:], "jobs(offset=5)")
 check_equal(
     {j.job_id for j in client.jobs(status="DONE")},
-    {late.job_id, big.job_id, job3.job_id, job2.job_id, job.job_id},
+    {late.job_id, big.job_id, silent.job_id, job3.job_id, job2.job_id, job.job_id},
     "jobs(status='DONE')",
 )
 check_equal({j.job_id for j in client.jobs(status="ERROR")}, {crash.job_id, bad.job_id}, "jobs(status='ERROR')")
 check_equal(
     {j.job_id for j in client.jobs(status="SUCCEEDED")},
-    {late.job_id, big.job_id, job3.job_id, job2.job_id, job.job_id},
+    {late.job_id, big.job_id, silent.job_id, job3.job_id, job2.job_id, job.job_id},
     "jobs(status='SUCCEEDED')",
 )
 check_equal([j.job_id for j in client.jobs(created_after=created_after)], [late.job_id], "jobs(created_after)")
 check_equal([j.job_id for j in client.jobs(function=other_fn)], [late.job_id], "jobs(function=...)")
 check_equal([j.job_id for j in other_fn.jobs()], [late.job_id], "function.jobs()")
-check_equal(len(echo.jobs(limit=20)), 6, "jobs of 'echo'")
+check_equal(len(echo.jobs(limit=20)), 7, "jobs of 'echo'")
 check_equal(client.jobs(provider="acme"), [], "jobs(provider='acme') of a user with no provider jobs")
 listed = client.jobs(limit=1)[0]
 check_equal(listed.status(), "DONE", "status() of a listed job")

@@ -1,6 +1,6 @@
 """Provider, step 2 (a user of a group granted run rights): find, run, read result and public logs only.
 
-GATEWAY_OTHER_TOKEN belongs to a user in no group: the provider's functions stay invisible to it.
+GATEWAY_OTHER_TOKEN belongs to a user whose group may only view acme/helpers.
 """
 
 # ruff: noqa: T201
@@ -60,9 +60,13 @@ Path("mine.txt").write_text("ursula's data\n")
 user.file_upload("mine.txt", function)
 check_equal(user.files(function), ["mine.txt"], "the user's files for acme/plain")
 
-step("a user outside the granted group does not see the provider function")
+step("a user of a group with view rights only sees acme/helpers but cannot run it, and never sees acme/plain")
 stranger = connect("GATEWAY_OTHER_TOKEN")
-check(("acme", "plain") not in {(f.provider, f.title) for f in stranger.functions()}, "stranger lists acme/plain")
+seen_by_stranger = {(f.provider, f.title) for f in stranger.functions()}
+check(("acme", "helpers") in seen_by_stranger, f"the viewer should list acme/helpers: {seen_by_stranger}")
+check(("acme", "plain") not in seen_by_stranger, "a user outside the granted groups lists acme/plain")
+check_equal(stranger.function("acme/helpers").title, "helpers", "function('acme/helpers') for a viewer")
+expect_error(lambda: stranger.function("acme/helpers").run(name="viewer"))
 expect_error(lambda: stranger.function("acme/plain"), "404")
 expect_error(lambda: stranger.run(QiskitFunction(title="acme/plain"), arguments={}), "404")
 expect_error(lambda: stranger.job(job.job_id), "404")
