@@ -9,7 +9,6 @@ from urllib.parse import unquote, urlparse
 from ..config import Settings
 from .base import Storage, StorageError, StorageUnavailable
 from .local import LocalStorage
-from .s3 import S3Storage
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +30,8 @@ async def open_storage(settings: Settings) -> Storage:
         bucket = parsed.netloc
         if not bucket:
             raise StorageError(f"GATEWAY_STORAGE_URL {url!r}: name a bucket (s3://bucket/prefix)")
+        from .s3 import S3Storage  # aioboto3 is slow to import: only when S3 is used
+
         s3 = await S3Storage.open(
             bucket=bucket,
             prefix=unquote(parsed.path),
