@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import random
@@ -277,6 +278,7 @@ async def measure_lists(url: str, seed: Seed, data_dir: Path, n: int, rng: rando
         pool = await asyncpg.create_pool(_plain(url), min_size=1, max_size=2, server_settings={"jit": "off"})
         transport = httpx.ASGITransport(app=app)
         async with pool, httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+            gc.collect()  # the start-up's garbage, collected now rather than in the first measured requests
             floor, floor_cpu = await _time_floor(client, n)
             results.append(ListResult("(floor: GET /version, no auth/DB)", floor, [], 0.0, 0, floor_cpu))
             for case in list_cases(datetime.now(UTC)):
