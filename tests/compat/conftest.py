@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -404,13 +404,53 @@ class Background:
 
 
 @dataclass
-class Early:
-    """What the session started first: the provider's uploads and the slow in-job scenarios."""
+class ProviderStart:
+    """The provider's uploads (a scenario), the CLI grants, then the in-job scenario started in the background."""
 
-    provider_setup: Outcome
-    grants: str | None
-    inside_job: Background | None
+    setup: Outcome
+    grants_error: str | None = None
+    inside_job: Background | None = None
+
+
+def _start_provider(runner: Runner) -> ProviderStart:
+    setup = runner.run("provider_setup", user="pam", timeout=180)
+    started = ProviderStart(setup=setup)
+    if setup.returncode != 0:
+        return started
+    try:
+        _cli_all(
+            runner.gateway,
+            [
+                *(
+                    ("program", "grant", title, "--provider", "acme", "--group", "acme-users", "--run")
+                    for title in ("helpers", "plain")
+                ),
+                ("program", "grant", "helpers", "--provider", "acme", "--group", "acme-viewers", "--view"),
+            ],
+        )
+    except AssertionError as exc:
+        started.grants_error = str(exc)
+        return started
+    note("grants done; starting the in-job scenario")
+    started.inside_job = Background(
+        runner,
+        "inside_job",
+        runner.command("inside_job"),
+        runner.cwd("inside_job"),
+        runner.env("victor", GATEWAY_PROVIDER_TOKEN=runner.gateway.tokens["pam"]),
+    )
+    return started
+
+
+@dataclass
+class Early:
+    """What the session starts first, beside the other tests: the docs example and the provider's set-up."""
+
     docs_example: Background
+    provider_future: Future[ProviderStart]
+
+    def provider(self) -> ProviderStart:
+        return self.provider_future.result(timeout=300)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -422,35 +462,15 @@ def early(runner: Runner) -> Iterator[Early]:
         runner, "docs example", runner.command(example_dir / "run_hello.py"), example_dir, runner.env("hana")
     )
     note("docs example started")
-    setup = runner.run("provider_setup", user="pam", timeout=120)
-    note(f"provider setup done ({setup.returncode})")
-    grants: str | None = None
-    inside: Background | None = None
-    if setup.returncode == 0:
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        result = Early(docs_example=docs_example, provider_future=pool.submit(_start_provider, runner))
         try:
-            _cli_all(
-                runner.gateway,
-                [
-                    *(
-                        ("program", "grant", title, "--provider", "acme", "--group", "acme-users", "--run")
-                        for title in ("helpers", "plain")
-                    ),
-                    ("program", "grant", "helpers", "--provider", "acme", "--group", "acme-viewers", "--view"),
-                ],
-            )
-        except AssertionError as exc:
-            grants = str(exc)
-        if grants is None:
-            inside = Background(
-                runner,
-                "inside_job",
-                runner.command("inside_job"),
-                runner.cwd("inside_job"),
-                runner.env("victor", GATEWAY_PROVIDER_TOKEN=runner.gateway.tokens["pam"]),
-            )
-    note("in-job scenario started")
-    result = Early(provider_setup=setup, grants=grants, inside_job=inside, docs_example=docs_example)
-    yield result
-    docs_example.kill()
-    if inside is not None:
-        inside.kill()
+            yield result
+        finally:
+            docs_example.kill()
+            try:
+                inside = result.provider().inside_job
+            except Exception:  # the provider's tests report it
+                inside = None
+            if inside is not None:
+                inside.kill()

@@ -44,12 +44,14 @@ def test_stop_queued_and_running_jobs(runner: Runner, gateway: Gateway) -> None:
 
 
 def test_provider_admin_uploads_and_grants(early: Early, gateway: Gateway) -> None:
-    early.provider_setup.check(gateway)
-    assert early.grants is None, early.grants
+    provider = early.provider()
+    provider.setup.check(gateway)
+    assert provider.grants_error is None, provider.grants_error
 
 
 def test_provider_function_for_a_granted_user(runner: Runner, gateway: Gateway, early: Early) -> None:
-    if early.provider_setup.returncode != 0 or early.grants is not None:
+    provider = early.provider()
+    if provider.setup.returncode != 0 or provider.grants_error is not None:
         pytest.fail("the provider's setup failed (see test_provider_admin_uploads_and_grants)")
     runner.run("provider_user", user="ursula", GATEWAY_OTHER_TOKEN=gateway.tokens["bob"]).check(gateway)
     job_id = runner.output_of("provider_user")["job_id"]
@@ -57,9 +59,10 @@ def test_provider_function_for_a_granted_user(runner: Runner, gateway: Gateway, 
 
 
 def test_inside_a_job_with_the_client_helpers(early: Early, gateway: Gateway) -> None:
-    if early.inside_job is None:
+    inside = early.provider().inside_job
+    if inside is None:
         pytest.fail("not started: the provider's setup failed (see test_provider_admin_uploads_and_grants)")
-    early.inside_job.wait(timeout=540).check(gateway)
+    inside.wait(timeout=540).check(gateway)
 
 
 def test_the_docs_example_runs(early: Early, gateway: Gateway) -> None:
