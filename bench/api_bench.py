@@ -491,21 +491,29 @@ Snapshot = tuple[dict[int, float], dict[int, float], float, float, int]
 
 
 def _snapshot(server: psutil.Process, url: str) -> Snapshot:
-    """CPU seconds of the server tree and of every postgres process, the machine's busy/total, DB sessions."""
+    """CPU seconds of the server tree and of the database's backends, the machine's busy/total, DB sessions."""
+    sessions, backend_pids = _db_probe(url)
     tree = [server, *server.children(recursive=True)]
-    postgres = [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("postgres")]
+    backends = []
+    for pid in backend_pids:
+        with contextlib.suppress(psutil.Error):
+            backends.append(psutil.Process(pid))
     machine = psutil.cpu_times()
     idle = machine.idle + getattr(machine, "iowait", 0.0)
-    return _cpu_seconds(tree), _cpu_seconds(postgres), sum(machine) - idle, sum(machine), _db_sessions(url)
+    return _cpu_seconds(tree), _cpu_seconds(backends), sum(machine) - idle, sum(machine), sessions
 
 
-def _db_sessions(url: str) -> int:
-    """Connections ever opened to the database (pg_stat_database.sessions), this probe's own included."""
+def _db_probe(url: str) -> tuple[int, list[int]]:
+    """Connections ever opened to the database (this probe's included) and the pids of its other backends."""
 
-    async def query() -> int:
+    async def query() -> tuple[int, list[int]]:
         conn = await asyncpg.connect(_plain(url))
         try:
-            return int(await conn.fetchval("SELECT sessions FROM pg_stat_database WHERE datname = current_database()"))
+            sessions = await conn.fetchval("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+            rows = await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return int(sessions), [int(row["pid"]) for row in rows]
         finally:
             await conn.close()
 
@@ -713,7 +721,7 @@ def print_run_table(results: list[LoadResult], args: argparse.Namespace) -> bool
         f"{args.warmup:g} s warm-up."
     )
     print("Baseline 'bare': a FastAPI endpoint doing one INSERT INTO job through SQLAlchemy async, same pool.")
-    print("CPU columns are CPU-ms per request: server process(es), load generator, all postgres processes;")
+    print("CPU columns are CPU-ms per request: server process(es), load generator, the database's backends;")
     print("'busy' is the whole machine's CPU use during the window (other helpers' work shows there too);")
     print("'conns' counts database connections opened during the window (pool churn).")
     header = (
