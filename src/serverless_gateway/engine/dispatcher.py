@@ -92,6 +92,7 @@ class Dispatcher:
 
     async def _claim_batch(self) -> list[tuple[ClaimedJob, str]]:
         settings = self.state.settings
+        started = time.perf_counter()
         prepared: list[tuple[ClaimedJob, str]] = []
         async with self.state.sessionmaker() as session, session.begin():
             claimed = await repo.claim_queued(
@@ -107,15 +108,19 @@ class Dispatcher:
                 transition(item.job, JobStatus.PENDING)
                 prepared.append((item, token))
         self._in_flight.update(item.job.id for item, _ in prepared)
+        if prepared:
+            logger.debug("claimed %d jobs in %.1f ms", len(prepared), (time.perf_counter() - started) * 1000)
         return prepared
 
     async def _submit(self, item: ClaimedJob, token: str, *, attempt: int) -> None:
         job_id = item.job.id
+        started = time.perf_counter()
         try:
             async with self._semaphore:
                 submission = await build_submission(
                     item, token=token, settings=self.state.settings, workdirs=self.workdirs, storage=self.state.storage
                 )
+                built = time.perf_counter()
                 try:
                     await self.ray.submit(
                         submission_id=submission.submission_id,
@@ -134,6 +139,12 @@ class Dispatcher:
             logger.exception("submitting job %s failed unexpectedly; will retry", job_id)
             self._schedule_retry(job_id, attempt, "unexpected error")
         else:
+            logger.debug(
+                "job %s: submission built in %.1f ms, Ray accepted it in %.1f ms",
+                job_id,
+                (built - started) * 1000,
+                (time.perf_counter() - built) * 1000,
+            )
             await self._mark_submitted(job_id, attempt)
 
     async def _mark_submitted(self, job_id: uuid.UUID, attempt: int) -> None:

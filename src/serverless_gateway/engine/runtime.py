@@ -138,10 +138,10 @@ class EngineRuntime:
                 if not self.ray_healthy and self.ray is not None:
                     await self.ray.cluster_version(timeout=5.0)
                     self.ray_healthy = True
+                await self.dispatcher.dispatch()
+                self.dispatcher.run_due_retries()
                 if await self.sync.handle_stops():
                     self._sync_soon.set()
-                self.dispatcher.run_due_retries()
-                await self.dispatcher.dispatch()
                 failures = 0
                 timeout = settings.sweep_interval_seconds
             except RayUnavailable as exc:

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shlex
@@ -97,7 +96,7 @@ def job_env(claimed: ClaimedJob, *, token: str, settings: Settings, data_path: s
     return env
 
 
-async def local_data_path(claimed: ClaimedJob, storage: Storage) -> str | None:
+async def local_data_path(claimed: ClaimedJob, storage: Storage, workdirs: Workdirs) -> str | None:
     """With local storage, the user's file space of this function (what the files API lists), else None.
 
     It is only meaningful when the Ray workers share the gateway's filesystem (a local head); elsewhere the
@@ -107,7 +106,7 @@ async def local_data_path(claimed: ClaimedJob, storage: Storage) -> str | None:
         return None
     prefix = user_files_prefix(claimed.job.author_id, claimed.provider_name, claimed.program.title)
     path = storage.root.joinpath(*prefix.strip("/").split("/"))
-    await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
+    await workdirs.ensure_dir(path)
     return str(path)
 
 
@@ -126,10 +125,9 @@ async def build_submission(
         raise SubmissionRejected("the program's artifact is missing from storage; upload the program again") from None
     except ArtifactRejected as exc:
         raise SubmissionRejected(exc.message) from None
-    entry = program_dir / program.entrypoint
-    if not await asyncio.to_thread(entry.is_file):
+    if not await workdirs.has_file(program.artifact_sha256, program.entrypoint):
         raise SubmissionRejected(f"entrypoint {program.entrypoint!r} was not found in the program's files")
-    data_path = await local_data_path(claimed, storage)
+    data_path = await local_data_path(claimed, storage, workdirs)
     package = await workdirs.job_package(job_id=job.id, arguments=job.arguments)
     runtime_env: dict[str, Any] = {
         "working_dir": str(program_dir),

@@ -29,6 +29,10 @@ class Workdirs:
         self.storage = storage
         self._locks: dict[str, asyncio.Lock] = {}
         self._launcher: bytes | None = None
+        # What is known to exist on disk, so the hot path makes no filesystem call for it again.
+        self._unpacked: set[str] = set()
+        self._files: dict[tuple[str, str], bool] = {}
+        self._dirs: set[Path] = set()
 
     def program_dir_path(self, sha256: str) -> Path:
         return self.root / "programs" / sha256
@@ -36,7 +40,10 @@ class Workdirs:
     async def program_dir(self, *, sha256: str, artifact_key: str) -> Path:
         """The artifact unpacked (once per sha256; atomic, so concurrent dispatchers are safe)."""
         target = self.program_dir_path(sha256)
+        if sha256 in self._unpacked:
+            return target
         if await asyncio.to_thread(target.is_dir):
+            self._unpacked.add(sha256)
             return target
         lock = self._locks.setdefault(sha256, asyncio.Lock())
         async with lock:
@@ -49,7 +56,20 @@ class Workdirs:
             finally:
                 await asyncio.to_thread(archive.unlink, True)
         self._locks.pop(sha256, None)
+        self._unpacked.add(sha256)
         return target
+
+    async def has_file(self, sha256: str, relative: str) -> bool:
+        """Whether the unpacked artifact holds this file (remembered: artifacts never change)."""
+        key = (sha256, relative)
+        if key not in self._files:
+            self._files[key] = await asyncio.to_thread((self.program_dir_path(sha256) / relative).is_file)
+        return self._files[key]
+
+    async def ensure_dir(self, path: Path) -> None:
+        if path not in self._dirs:
+            await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
+            self._dirs.add(path)
 
     async def _download(self, key: str, directory: Path) -> Path:
         fd, name = await asyncio.to_thread(tempfile.mkstemp, ".tar", ".download-", str(directory))

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import ColumnElement, Select, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
@@ -47,7 +47,7 @@ async def count_running(session: AsyncSession) -> int:
     return int(await session.scalar(select(func.count()).select_from(Job).where(Job.status.in_(_RUNNING))) or 0)
 
 
-async def pick_fair_candidates(session: AsyncSession, *, slots: int, per_user: int) -> list[uuid.UUID]:
+def _fair_ids(*, slots: int | ColumnElement[int], per_user: int) -> Select[uuid.UUID]:
     """QUEUED job ids to start next: oldest first per user, round-robin across users, within the per-user cap."""
     active = (
         select(Job.author_id.label("author_id"), func.count().label("n"))
@@ -65,41 +65,43 @@ async def pick_fair_candidates(session: AsyncSession, *, slots: int, per_user: i
         .where(Job.status == JobStatus.QUEUED.value, Job.stop_requested.is_(False))
         .cte("ranked")
     )
-    query = (
+    return (
         select(ranked.c.id)
         .select_from(ranked.outerjoin(active, active.c.author_id == ranked.c.author_id))
         .where(ranked.c.rn + func.coalesce(active.c.n, 0) <= per_user)
         .order_by(ranked.c.rn, ranked.c.created_at, ranked.c.id)
         .limit(slots)
     )
-    return list((await session.scalars(query)).all())
+
+
+async def pick_fair_candidates(session: AsyncSession, *, slots: int, per_user: int) -> list[uuid.UUID]:
+    return list((await session.scalars(_fair_ids(slots=slots, per_user=per_user))).all())
 
 
 async def claim_queued(session: AsyncSession, *, max_running: int, per_user: int, batch: int) -> list[ClaimedJob]:
-    """Lock the next fair batch of QUEUED jobs (committed rows only) for this transaction; caps respected."""
+    """Lock the next fair batch of QUEUED jobs (committed rows only) for this transaction; caps respected.
+
+    Two statements: the advisory lock (so the next statement's snapshot sees the previous claimer's commit),
+    then one query that computes the free slots and fair candidates and locks them with their programs.
+    """
     await session.execute(select(func.pg_advisory_xact_lock(CLAIM_LOCK_KEY)))
-    slots = min(batch, max_running - await count_running(session))
-    if slots <= 0:
-        return []
-    ids = await pick_fair_candidates(session, slots=slots, per_user=per_user)
-    if not ids:
-        return []
+    running = select(func.count()).select_from(Job).where(Job.status.in_(_RUNNING)).scalar_subquery()
+    slots = func.least(batch, func.greatest(0, max_running - running))
     rows = await session.execute(
         select(Job, Program, User.username, Provider.name)
         .join(Program, Program.id == Job.program_id)
         .join(User, User.id == Job.author_id)
         .outerjoin(Provider, Provider.id == Program.provider_id)
-        .where(Job.id.in_(ids), Job.status == JobStatus.QUEUED.value)
+        .where(Job.id.in_(_fair_ids(slots=slots, per_user=per_user).scalar_subquery()))
+        .where(Job.status == JobStatus.QUEUED.value)
+        .order_by(Job.created_at, Job.id)
         .options(defer(Job.result))
         .with_for_update(of=Job, skip_locked=True)
     )
-    order = {job_id: index for index, job_id in enumerate(ids)}
-    claimed = [
+    return [
         ClaimedJob(job=job, program=program, username=username, provider_name=provider)
         for job, program, username, provider in rows.all()
     ]
-    claimed.sort(key=lambda item: order[item.job.id])
-    return claimed
 
 
 async def load_for_resubmit(session: AsyncSession, job_id: uuid.UUID) -> ClaimedJob | None:
