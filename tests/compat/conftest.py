@@ -45,6 +45,8 @@ CLI = Path(sys.executable).with_name("serverless-gateway")
 # This user's third job must wait QUEUED (stop scenario), so the per-user running cap is small.
 RUNNING_CAP_PER_USER = 2
 START_TIMEOUT = 180.0
+# What functions may depend on, as an operator would restrict it (dependencies_versions() reports it).
+DEPENDENCY_ALLOWLIST = ["qiskit-serverless"]
 # Stopping the Ray head removes its temp dir, pip environments included: that takes a while.
 STOP_TIMEOUT = 120.0
 
@@ -213,6 +215,7 @@ def gateway() -> Iterator[Gateway]:
         GATEWAY_DATABASE_URL=make_url(base).set(database=database).render_as_string(hide_password=False),
         GATEWAY_DATA_DIR=str(data_dir),
         GATEWAY_MAX_RUNNING_JOBS_PER_USER=str(RUNNING_CAP_PER_USER),
+        GATEWAY_DEPENDENCY_ALLOWLIST=json.dumps(DEPENDENCY_ALLOWLIST),
         PYTHONUNBUFFERED="1",
     )
     log_path = data_dir / "gateway.log"

@@ -28,7 +28,7 @@ def test_the_doc_shows_the_example_the_suite_runs() -> None:
 
 
 def test_functions(runner: Runner, gateway: Gateway) -> None:
-    runner.run("functions", user="alice", GATEWAY_OTHER_TOKEN=gateway.tokens["bob"]).check(gateway)
+    runner.run("functions", user="fiona", GATEWAY_OTHER_TOKEN=gateway.tokens["bob"]).check(gateway)
 
 
 def test_jobs_of_a_plain_python_function(runner: Runner, gateway: Gateway) -> None:
