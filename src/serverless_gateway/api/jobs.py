@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Query, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from ..deps import PrincipalDep, SessionDep, SettingsDep, StateDep, UserDep, parse_uuid
@@ -29,6 +30,7 @@ from ..schemas.jobs import (
 )
 from ..schemas.programs import ProgramFilter
 from ..services import jobs as service
+from ..services.logs import logs_json_body
 from .job_bodies import RESULT_BODY, STOP_BODY, SUB_STATUS_BODY, read_fields
 from .routing import SlashRouter
 
@@ -208,9 +210,9 @@ async def save_result(
     summary="Get a job's logs (empty until it runs)",
     responses=error_responses(401, 404),
 )
-async def get_logs(state: StateDep, session: SessionDep, principal: PrincipalDep, job_id: str) -> JobLogsOut:
-    logs = await service.read_logs(state, session, principal=principal, job_id=parse_uuid(job_id, "Job"))
-    return JobLogsOut(logs=logs)
+async def get_logs(state: StateDep, session: SessionDep, principal: PrincipalDep, job_id: str) -> Response:
+    pieces = await service.read_logs(state, session, principal=principal, job_id=parse_uuid(job_id, "Job"))
+    return StreamingResponse(logs_json_body(pieces), media_type="application/json")
 
 
 @router.get(
@@ -219,9 +221,9 @@ async def get_logs(state: StateDep, session: SessionDep, principal: PrincipalDep
     summary="Get the whole logs of a job of your provider's function (provider admins only)",
     responses=error_responses(401, 403, 404),
 )
-async def get_provider_logs(state: StateDep, session: SessionDep, principal: PrincipalDep, job_id: str) -> JobLogsOut:
-    logs = await service.read_provider_logs(state, session, principal=principal, job_id=parse_uuid(job_id, "Job"))
-    return JobLogsOut(logs=logs)
+async def get_provider_logs(state: StateDep, session: SessionDep, principal: PrincipalDep, job_id: str) -> Response:
+    pieces = await service.read_provider_logs(state, session, principal=principal, job_id=parse_uuid(job_id, "Job"))
+    return StreamingResponse(logs_json_body(pieces), media_type="application/json")
 
 
 @router.post(

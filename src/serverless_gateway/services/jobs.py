@@ -6,7 +6,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -215,18 +215,20 @@ async def save_result(
     return job_out(found, with_result=True)
 
 
-async def read_logs(state: GatewayState, session: AsyncSession, *, principal: Principal, job_id: uuid.UUID) -> str:
-    """The logs the job's author sees (for a provider's function: without its `[PRIVATE]` lines)."""
+async def read_logs(
+    state: GatewayState, session: AsyncSession, *, principal: Principal, job_id: uuid.UUID
+) -> AsyncIterator[str]:
+    """The logs the job's author sees, in pieces (for a provider's function: without its `[PRIVATE]` lines)."""
     found = await _own_job(session, principal, job_id)
-    return await logs.read_job_logs(
+    return await logs.open_job_logs(
         state, found.job, provider_program=found.provider_id is not None, for_provider=False
     )
 
 
 async def read_provider_logs(
     state: GatewayState, session: AsyncSession, *, principal: Principal, job_id: uuid.UUID
-) -> str:
-    """The whole logs of a provider function's job, for the provider's admins only."""
+) -> AsyncIterator[str]:
+    """The whole logs of a provider function's job, in pieces, for the provider's admins only."""
     principal.check_job(job_id)
     looked_up = await repo.get_job_for_reader(session, job_id=job_id, user_id=principal.user_id)
     if looked_up is None:
@@ -234,7 +236,7 @@ async def read_provider_logs(
     found, _is_author, is_admin = looked_up
     if not is_admin:
         raise Forbidden("Only the admins of the function's provider may read its provider logs.")
-    return await logs.read_job_logs(state, found.job, provider_program=True, for_provider=True)
+    return await logs.open_job_logs(state, found.job, provider_program=True, for_provider=True)
 
 
 async def _record(session: AsyncSession, job: Job, *, event_type: str, context: str, data: dict[str, Any]) -> JobEvent:
