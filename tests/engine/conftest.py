@@ -85,8 +85,8 @@ class LiveGateway:
         await asyncio.wait_for(self.task, timeout=30)
 
 
-async def serve_app(settings: Settings, port: int) -> LiveGateway:
-    app = create_app(settings, start_engine=True)
+async def serve_app(settings: Settings, port: int, *, start_engine: bool = True) -> LiveGateway:
+    app = create_app(settings, start_engine=start_engine)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

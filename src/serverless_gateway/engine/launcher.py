@@ -6,6 +6,10 @@ starts the job as `python -m <package> <entrypoint>` in the program's working di
      set a reachable one, DATA_PATH at a scratch directory;
   2. runs the entrypoint with runpy in this process, so tracebacks reach the logs and the exit code is kept;
   3. sends the RESULTS_PATH file to POST {ENV_JOB_GATEWAY_HOST}/api/v1/jobs/{id}/result/ with the job token.
+When DATA_PATH is not the gateway's own file space (S3 storage, or a worker that shares no disk with it:
+GATEWAY_DATA_SYNC=1 or an unreachable DATA_PATH), the function's files (GATEWAY_DATA_FUNCTION, optional
+GATEWAY_DATA_PROVIDER) are downloaded into DATA_PATH through the files API before the entrypoint, and the
+files the job created or changed there are uploaded back after it (top-level regular files only).
 A result that is not valid JSON fails the job. When the gateway cannot be reached, the result is printed on one
 marked line, which the engine reads back from the logs when the job ends.
 """
@@ -15,12 +19,16 @@ from __future__ import annotations
 import json
 import os
 import runpy
+import shutil
 import sys
 import tempfile
 import time
 import traceback
 import urllib.error
+import urllib.parse
 import urllib.request
+import uuid
+from collections.abc import Iterator
 from types import TracebackType
 
 RESULT_MARKER = "__SERVERLESS_GATEWAY_RESULT__"
@@ -44,6 +52,8 @@ def prepare_environment(here: str) -> str:
             os.makedirs(data, exist_ok=True)
         except OSError:  # the gateway's file space is not reachable from this worker
             data = None
+            if os.environ.get("GATEWAY_DATA_FUNCTION"):
+                os.environ["GATEWAY_DATA_SYNC"] = "1"
     if not data:
         data = os.path.join(scratch, "data")
         os.makedirs(data, exist_ok=True)
@@ -149,13 +159,146 @@ def deliver_result(results_path: str) -> int:
     return 0
 
 
+_COPY_CHUNK = 1024 * 1024
+FileState = tuple[int, int]
+"""(size, mtime in ns) of a file of DATA_PATH, to tell which ones the job created or changed."""
+
+
+class DataSync:
+    """Copies the function's files between the gateway's files API and a local DATA_PATH directory."""
+
+    def __init__(self, *, host: str, token: str, function: str, provider: str, data_path: str) -> None:
+        self.host = host.rstrip("/")
+        self.token = token
+        self.function = function
+        self.provider = provider
+        self.data_path = data_path
+        self.fetched: dict[str, FileState] = {}
+
+    @classmethod
+    def from_env(cls) -> DataSync | None:
+        """A DataSync when the launcher must sync DATA_PATH (GATEWAY_DATA_SYNC=1), else None."""
+        if os.environ.get("GATEWAY_DATA_SYNC") != "1":
+            return None
+        host = os.environ.get("ENV_JOB_GATEWAY_HOST", "")
+        token = os.environ.get("ENV_JOB_GATEWAY_TOKEN", "")
+        function = os.environ.get("GATEWAY_DATA_FUNCTION", "")
+        if not (host and token and function):
+            return None
+        provider = os.environ.get("GATEWAY_DATA_PROVIDER", "")
+        return cls(host=host, token=token, function=function, provider=provider, data_path=os.environ["DATA_PATH"])
+
+    def _url(self, action: str, **extra: str) -> str:
+        query = {"function": self.function, **({"provider": self.provider} if self.provider else {}), **extra}
+        return f"{self.host}/api/v1/files/{action}?{urllib.parse.urlencode(query)}"
+
+    def _request(
+        self,
+        url: str,
+        *,
+        data: Iterator[bytes] | None = None,
+        method: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> urllib.request.Request:
+        sent = {"Authorization": f"Bearer {self.token}", **(headers or {})}
+        return urllib.request.Request(url, data=data, method=method, headers=sent)
+
+    def _state(self, name: str) -> FileState:
+        info = os.stat(os.path.join(self.data_path, name))
+        return info.st_size, info.st_mtime_ns
+
+    def list_remote(self) -> list[str]:
+        with urllib.request.urlopen(self._request(self._url("")), timeout=60) as response:
+            names = json.loads(response.read())["files"]
+        return [str(name) for name in names]
+
+    def pull(self) -> None:
+        """Download every file of the function into DATA_PATH."""
+        for name in self.list_remote():
+            if name in ("", ".", "..") or "/" in name or "\\" in name:
+                continue
+            target = os.path.join(self.data_path, name)
+            partial = target + ".gateway-part"
+            request = self._request(self._url("download/", file=name))
+            with urllib.request.urlopen(request, timeout=60) as response, open(partial, "wb") as out:
+                shutil.copyfileobj(response, out, _COPY_CHUNK)
+            os.replace(partial, target)
+            self.fetched[name] = self._state(name)
+
+    def changed(self) -> list[str]:
+        """Top-level regular files of DATA_PATH that are new or differ from what was fetched."""
+        names = []
+        for entry in sorted(os.scandir(self.data_path), key=lambda item: item.name):
+            if not entry.is_file(follow_symlinks=False) or entry.name.endswith(".gateway-part"):
+                continue
+            if self.fetched.get(entry.name) != self._state(entry.name):
+                names.append(entry.name)
+        return names
+
+    def upload(self, name: str) -> None:
+        """Stream one file to the files API as multipart field `file` (never read whole into memory)."""
+        path = os.path.join(self.data_path, name)
+        boundary = f"gateway-{uuid.uuid4().hex}"
+        quoted = name.replace('"', '\\"')
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{quoted}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
+        size = os.path.getsize(path)
+
+        def body() -> Iterator[bytes]:
+            yield head
+            with open(path, "rb") as handle:
+                while chunk := handle.read(_COPY_CHUNK):
+                    yield chunk
+            yield tail
+
+        request = self._request(
+            self._url("upload/"),
+            data=body(),
+            method="POST",
+            headers={
+                "Content-Type": f"multipart/form-data; boundary={boundary}",
+                "Content-Length": str(len(head) + size + len(tail)),
+            },
+        )
+        with urllib.request.urlopen(request, timeout=300) as response:
+            response.read()
+
+    def push(self) -> int:
+        """Upload the new and changed files; returns how many failed."""
+        failed = 0
+        for name in self.changed():
+            try:
+                self.upload(name)
+            except (OSError, urllib.error.HTTPError) as exc:
+                failed += 1
+                _say(f"could not save DATA_PATH file {name!r} to the function's files: {_reason(exc)}")
+        return failed
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"{exc.code} {exc.read(2000).decode('utf-8', errors='replace')}"
+    return str(exc)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         _say("usage: python -m <launcher package> <entrypoint> [args...]")
         return 2
     here = os.path.dirname(os.path.abspath(__file__))
     results_path = prepare_environment(here)
+    data_sync = DataSync.from_env()
+    if data_sync is not None:
+        try:
+            data_sync.pull()
+        except (OSError, ValueError, KeyError) as exc:
+            _say(f"could not fetch the function's files into DATA_PATH: {_reason(exc)}")
     code = run_entrypoint(argv[1], argv[2:])
+    if data_sync is not None:
+        data_sync.push()
     delivered = deliver_result(results_path)
     return code or delivered
 

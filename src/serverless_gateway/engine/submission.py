@@ -93,6 +93,10 @@ def job_env(claimed: ClaimedJob, *, token: str, settings: Settings, data_path: s
         env["ENV_JOB_ARGUMENTS"] = job.arguments
     if data_path is not None:
         env["DATA_PATH"] = data_path
+    # Without the gateway's own file space, the launcher copies the function's files in and out of DATA_PATH.
+    env["GATEWAY_DATA_FUNCTION"] = claimed.program.title
+    env["GATEWAY_DATA_PROVIDER"] = claimed.provider_name or ""
+    env["GATEWAY_DATA_SYNC"] = "0" if data_path is not None else "1"
     return env
 
 
