@@ -714,6 +714,15 @@ async def _raw_poster(url: str, payloads: list[dict[str, Any]]) -> AsyncIterator
             writer.close()
 
 
+def _ceiling(r: LoadResult) -> float:
+    """Requests/s the measured CPU costs allow: each worker is one core at most; all parties share the cores."""
+    done = max(1, r.completed)
+    server, total = r.server_cpu / done, (r.server_cpu + r.loadgen_cpu + r.postgres_cpu) / done
+    if server <= 0 or total <= 0:
+        return float("nan")
+    return min(r.workers / server, (psutil.cpu_count() or 1) / total)
+
+
 def print_run_table(results: list[LoadResult], args: argparse.Namespace) -> bool:
     print(
         f"\nPOST /api/v1/programs/run/ over HTTP: {args.clients} concurrent keep-alive clients ({args.client} client, "
@@ -723,10 +732,11 @@ def print_run_table(results: list[LoadResult], args: argparse.Namespace) -> bool
     print("Baseline 'bare': a FastAPI endpoint doing one INSERT INTO job through SQLAlchemy async, same pool.")
     print("CPU columns are CPU-ms per request: server process(es), load generator, the database's backends;")
     print("'busy' is the whole machine's CPU use during the window (other helpers' work shows there too);")
-    print("'conns' counts database connections opened during the window (pool churn).")
+    print("'conns' counts database connections opened during the window (pool churn); 'ceiling' is the req/s those")
+    print("CPU costs allow on this machine with nothing else running: min(workers / srv, cores / (srv + gen + pg)).")
     header = (
         f"{'server':<21}{'app':<24}{'req/s':>7}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}{'errors':>7}"
-        f"{'srv cpu':>8}{'gen cpu':>8}{'pg cpu':>7}{'busy':>6}{'conns':>6}  target"
+        f"{'srv cpu':>8}{'gen cpu':>8}{'pg cpu':>7}{'busy':>6}{'conns':>6}{'ceiling':>8}  target"
     )
     print(header)
     print("-" * len(header))
@@ -740,6 +750,7 @@ def print_run_table(results: list[LoadResult], args: argparse.Namespace) -> bool
             f"{_pct(r.latencies_ms, 0.95):>8.1f}{_pct(r.latencies_ms, 0.99):>8.1f}{r.errors:>7}"
             f"{r.server_cpu * 1000 / done:>8.2f}{r.loadgen_cpu * 1000 / done:>8.2f}"
             f"{r.postgres_cpu * 1000 / done:>7.2f}{r.machine_busy * 100:>5.0f}%{r.new_connections:>6}"
+            f"{_ceiling(r):>8.0f}"
         )
         if r.app == "gateway":
             passed = r.rps >= RUN_TARGET_RPS and r.errors == 0
