@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import urllib.error
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,11 +16,14 @@ import pytest
 
 from serverless_gateway.config import Settings
 from serverless_gateway.engine.launcher import DataSync
+from serverless_gateway.models import JobStatus
 from tests.api.jobs_support import add_job_with_token, add_program
-from tests.engine.conftest import LiveGateway, serve_app
+from tests.conftest import upload_program
+from tests.engine.conftest import LiveGateway, engine_settings_for, run_job, serve_app, wait_status
 from tests.storage.conftest import free_port, start_moto
 
 if TYPE_CHECKING:
+    from serverless_gateway.engine.local_ray import LocalRayHead
     from tests.conftest import TestUser
 
 BUCKET = "gateway-sync"
@@ -38,33 +42,41 @@ def aws_credentials() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-async def s3_gateway(
-    settings: Settings, aws_credentials: None, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[LiveGateway]:
-    """The app (no engine) on S3 storage, served by uvicorn: what a job's launcher talks to."""
+async def moto_endpoint(aws_credentials: None) -> AsyncIterator[str]:
     moto, endpoint = start_moto()
     try:
         async with aioboto3.Session().client("s3", endpoint_url=endpoint, region_name="us-east-1") as client:
             await client.create_bucket(Bucket=BUCKET)
-        port = free_port()
-        s3_settings = settings.model_copy(
-            update={
-                "storage_url": f"s3://{BUCKET}/gw",
-                "s3_endpoint_url": endpoint,
-                "s3_region": "us-east-1",
-                "data_dir": tmp_path_factory.mktemp("sync-data"),
-                "public_url": f"http://127.0.0.1:{port}",
-                "run_engine": False,
-                "max_upload_bytes": 8 * 1024 * 1024,
-            }
-        )
-        gateway = await serve_app(s3_settings, port, start_engine=False)
-        try:
-            yield gateway
-        finally:
-            await gateway.stop()
+        yield endpoint
     finally:
         moto.stop()
+
+
+def s3_settings(settings: Settings, endpoint: str, port: int, data_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "storage_url": f"s3://{BUCKET}/gw",
+        "s3_endpoint_url": endpoint,
+        "s3_region": "us-east-1",
+        "data_dir": data_dir,
+        "public_url": f"http://127.0.0.1:{port}",
+        "run_engine": False,
+        "max_upload_bytes": 8 * 1024 * 1024,
+    }
+    values.update(overrides)
+    return settings.model_copy(update=values)
+
+
+@pytest.fixture(scope="module")
+async def s3_gateway(
+    settings: Settings, moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[LiveGateway]:
+    """The app (no engine) on S3 storage, served by uvicorn: what a job's launcher talks to."""
+    port = free_port()
+    gateway = await serve_app(
+        s3_settings(settings, moto_endpoint, port, tmp_path_factory.mktemp("sync-data")), port, start_engine=False
+    )
+    yield gateway
+    await gateway.stop()
 
 
 def job_sync(gateway: LiveGateway, token: str, function: str, data_path: Path) -> DataSync:
@@ -146,3 +158,56 @@ def test_from_env_needs_the_sync_flag(monkeypatch: pytest.MonkeyPatch, tmp_path:
     sync = DataSync.from_env()
     assert sync is not None
     assert sync.data_path == str(tmp_path)
+
+
+READ_AND_WRITE = """
+import json, os
+data = os.environ["DATA_PATH"]
+text = open(os.path.join(data, "input.txt")).read()
+with open(os.path.join(data, "written-by-job.txt"), "w") as out:
+    out.write(text.upper())
+with open(os.environ["RESULTS_PATH"], "w") as out:
+    json.dump({"read": text}, out)
+"""
+
+
+async def test_ray_job_on_s3_reads_and_writes_data_path(
+    settings: Settings,
+    moto_endpoint: str,
+    ray_head: LocalRayHead,
+    tune_live: Callable[..., None],
+    alice: TestUser,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A real job on Ray with an S3-backed gateway: DATA_PATH holds the function's files, new ones come back."""
+    tune_live(max_running_jobs=0)  # the session's local-storage gateway shares the database: keep it from claiming
+    port = free_port()
+    assert ray_head.dashboard_url is not None
+    engine = engine_settings_for(
+        s3_settings(settings, moto_endpoint, port, tmp_path_factory.mktemp("s3-engine")),
+        ray_address=ray_head.dashboard_url,
+        port=port,
+        data_dir=tmp_path_factory.mktemp("s3-engine-data"),
+        storage_url=f"s3://{BUCKET}/engine",
+        max_upload_bytes=8 * 1024 * 1024,
+    )
+    gateway = await serve_app(engine, port)
+    try:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as gw:
+            await upload_program(gw, alice, "data-sync", files={"main.py": READ_AND_WRITE})
+            params = {"function": "data-sync"}
+            sent = await gw.post(
+                "/api/v1/files/upload/", params=params, headers=alice.headers, files={"file": ("input.txt", b"hi s3")}
+            )
+            assert sent.status_code == 200, sent.text
+            job_id = await run_job(gw, alice, "data-sync")
+            job = await wait_status(gateway.state, job_id, [JobStatus.SUCCEEDED], timeout=120)
+            assert json.loads(job.result or "null") == {"read": "hi s3"}
+            listed = await gw.get("/api/v1/files/", params=params, headers=alice.headers)
+            assert listed.json()["files"] == ["input.txt", "written-by-job.txt"]
+            got = await gw.get(
+                "/api/v1/files/download/", params={**params, "file": "written-by-job.txt"}, headers=alice.headers
+            )
+            assert got.content == b"HI S3"
+    finally:
+        await gateway.stop()
