@@ -65,17 +65,33 @@ def _clean_database() -> None:
 
 
 @pytest.fixture(scope="session")
-def client_python() -> str:
-    """The official client's python: GATEWAY_COMPAT_PYTHON, else the cached venv from scripts/compat-venv.sh."""
-    explicit = os.environ.get("GATEWAY_COMPAT_PYTHON")
-    if explicit:
-        return explicit
-    done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "compat-venv.sh")], capture_output=True, text=True, timeout=600
+def venv_build() -> Iterator[subprocess.Popen[str] | None]:
+    """Start building (or finding) the client's cached virtualenv at once; it overlaps the gateway's start."""
+    if os.environ.get("GATEWAY_COMPAT_PYTHON"):
+        yield None
+        return
+    process = subprocess.Popen(
+        ["bash", str(ROOT / "scripts" / "compat-venv.sh")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    if done.returncode != 0:
-        pytest.fail(f"could not build the client's virtualenv:\n{done.stderr[-4000:]}")
-    return done.stdout.strip().splitlines()[-1]
+    yield process
+    if process.poll() is None:
+        process.kill()
+        process.communicate()
+
+
+@pytest.fixture(scope="session")
+def client_python(venv_build: subprocess.Popen[str] | None) -> str:
+    """The official client's python: GATEWAY_COMPAT_PYTHON, else the cached venv from scripts/compat-venv.sh."""
+    if venv_build is None:
+        return os.environ["GATEWAY_COMPAT_PYTHON"]
+    try:
+        stdout, stderr = venv_build.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        pytest.fail("building the client's virtualenv took over 600 s")
+    if venv_build.returncode != 0:
+        pytest.fail(f"could not build the client's virtualenv:\n{stderr[-4000:]}")
+    note("client virtualenv ready")
+    return stdout.strip().splitlines()[-1]
 
 
 def _free_port() -> int:
@@ -203,7 +219,7 @@ def _stop_gateway(gateway: Gateway) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def gateway() -> Iterator[Gateway]:
+def gateway(venv_build: subprocess.Popen[str] | None) -> Iterator[Gateway]:
     """`serverless-gateway serve` on a free port with a throwaway database; it starts its own Ray head."""
     base, server = server_url()
     database = throwaway_name()
