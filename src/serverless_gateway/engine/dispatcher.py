@@ -9,6 +9,7 @@ attempt did reach Ray, Ray refuses the duplicate and the job is simply marked su
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 import uuid
@@ -56,7 +57,11 @@ class Dispatcher:
         self._in_flight: set[uuid.UUID] = set()
         self._retry_at: dict[uuid.UUID, tuple[float, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._recent: collections.OrderedDict[uuid.UUID, None] = collections.OrderedDict()
         self.submitted_count = 0
+
+    def recently_claimed(self, job_id: uuid.UUID) -> bool:
+        return job_id in self._recent
 
     def owns(self, job_id: uuid.UUID) -> bool:
         """True while this process is submitting the job or waiting to retry it."""
@@ -108,6 +113,10 @@ class Dispatcher:
                 transition(item.job, JobStatus.PENDING)
                 prepared.append((item, token))
         self._in_flight.update(item.job.id for item, _ in prepared)
+        for item, _ in prepared:
+            self._recent[item.job.id] = None
+        while len(self._recent) > 1000:
+            self._recent.popitem(last=False)
         if prepared:
             logger.debug("claimed %d jobs in %.1f ms", len(prepared), (time.perf_counter() - started) * 1000)
         return prepared

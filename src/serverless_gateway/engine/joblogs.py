@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from .launcher import RESULT_MARKER
@@ -51,3 +52,19 @@ def first_line(message: str | None, limit: int = 1000) -> str | None:
         return None
     line = message.strip().splitlines()[0] if message.strip() else ""
     return line[:limit] or None
+
+
+# Bigger log texts are processed in a worker thread so the event loop never stalls on them.
+_INLINE_BYTES = 256 * 1024
+
+
+async def prepare_logs(raw: str, max_bytes: int, *, footer: str = "") -> tuple[str, str | None]:
+    """The log text to keep (result line removed, footer added, capped) and the fallback result, if any."""
+
+    def prepare() -> tuple[str, str | None]:
+        text, result = extract_result(raw)
+        return cap_tail(text + footer, max_bytes), result
+
+    if len(raw) <= _INLINE_BYTES:
+        return prepare()
+    return await asyncio.to_thread(prepare)

@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from ..repositories.programs import JOBS_CHANNEL
 from ..state import GatewayState
 from .dispatcher import Dispatcher
-from .joblogs import cap_tail, extract_result
+from .joblogs import prepare_logs
 from .ray_client import RayError, RayJobs, RayUnavailable
 from .sync import StatusSync
 from .workdirs import Workdirs
@@ -92,8 +92,15 @@ class EngineRuntime:
             raw = await self.ray.logs(submission_id)
         except RayError:
             return None
-        text, _ = extract_result(raw)
-        return cap_tail(text, self.state.settings.log_max_bytes)
+        text, _ = await prepare_logs(raw, self.state.settings.log_max_bytes)
+        return text
+
+    def _notified(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
+        """A job was queued somewhere; our own jobs, already claimed here, need no second pass."""
+        with contextlib.suppress(ValueError):
+            if self.dispatcher is not None and self.dispatcher.recently_claimed(uuid.UUID(payload)):
+                return
+        self.wake()
 
     async def _wait(self, event: asyncio.Event, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -181,7 +188,7 @@ class EngineRuntime:
         lost = asyncio.Event()
         try:
             connection.add_termination_listener(lambda _conn: lost.set())
-            await connection.add_listener(JOBS_CHANNEL, lambda *_args: self.wake())
+            await connection.add_listener(JOBS_CHANNEL, self._notified)
             self.wake()  # notifications sent while disconnected were missed
             while not lost.is_set() and not connection.is_closed():
                 with contextlib.suppress(TimeoutError):

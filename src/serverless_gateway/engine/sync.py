@@ -16,7 +16,7 @@ from ..services.job_state import transition
 from ..state import GatewayState
 from ..storage.base import StorageError
 from .dispatcher import Dispatcher
-from .joblogs import cap_tail, extract_result, first_line, logs_key
+from .joblogs import first_line, logs_key, prepare_logs
 from .ray_client import RayJobNotFound, RayJobs, RayJobState, RayUnavailable
 from .submission import SUBMISSION_PREFIX, job_id_from_submission
 
@@ -65,8 +65,11 @@ class StatusSync:
                 seen_submitted.append(row.id)
             if ray_state.is_terminal:
                 finished.append((row, ray_state))
-            elif ray_state.status == "RUNNING" and row.status == JobStatus.PENDING:
+                continue
+            if ray_state.status == "RUNNING" and row.status == JobStatus.PENDING:
                 to_running.append(row.id)
+            if row.stop_requested:
+                await self._send_stop(row)
         await self._apply_running(to_running, seen_submitted)
         for row in lost:
             await self._finish(row, None, note=LOST_REASON)
@@ -113,7 +116,6 @@ class StatusSync:
                 raw = await self.ray.logs(row.submission_id)
             except RayJobNotFound:
                 raw = ""
-        text, fallback_result = extract_result(raw)
         if ray_state is None:
             new_status = JobStatus.STOPPED if row.stop_requested else JobStatus.FAILED
             message = "Stopped on request." if row.stop_requested else note
@@ -123,12 +125,17 @@ class StatusSync:
                 # Ray cannot interrupt a runtime environment being built; what ends after a stop is STOPPED.
                 new_status = JobStatus.STOPPED
             message = _message(new_status, ray_state)
+        footer = ""
         if ray_state is not None and ray_state.status == "FAILED" and ray_state.message:
-            text += f"\n[gateway] Ray reports the job failed: {ray_state.message.strip()}\n"
+            reason = ray_state.message.strip()
+            if "last available logs" in reason:  # Ray repeats the log tail, which is already above
+                reason = first_line(reason) or reason
+            footer += f"\n[gateway] Ray reports the job failed: {reason}\n"
         if note:
-            text += f"[gateway] {note}\n"
+            footer += f"[gateway] {note}\n"
+        text, fallback_result = await prepare_logs(raw, self.state.settings.log_max_bytes, footer=footer)
         key = logs_key(row.id)
-        await self.state.storage.put_bytes(key, cap_tail(text, self.state.settings.log_max_bytes).encode("utf-8"))
+        await self.state.storage.put_bytes(key, text.encode("utf-8"))
         async with self.state.sessionmaker() as session, session.begin():
             jobs = await repo.lock_jobs(session, [row.id])
             if not jobs or JobStatus(jobs[0].status).is_terminal():
@@ -192,19 +199,23 @@ class StatusSync:
                 await self._stop_locally(row.id)
                 acted = True
                 continue
-            if now - self._stop_sent.get(row.id, float("-inf")) < STOP_RESEND_SECONDS:
-                continue
-            try:
-                await self.ray.stop(row.submission_id)
-                self._stop_sent[row.id] = now
-                acted = True
-            except RayJobNotFound:
-                if row.submitted_at is None:
-                    await self._stop_locally(row.id)
-                else:
-                    await self._finish(row, None, note="Stopped on request; Ray no longer knew the job.")
-                acted = True
+            acted = await self._send_stop(row, now) or acted
         return acted
+
+    async def _send_stop(self, row: ActiveJob, now: float | None = None) -> bool:
+        """Ask Ray to stop the job (again after a while if it still runs); True when something was done."""
+        now = time.monotonic() if now is None else now
+        if row.submission_id is None or now - self._stop_sent.get(row.id, float("-inf")) < STOP_RESEND_SECONDS:
+            return False
+        try:
+            await self.ray.stop(row.submission_id)
+            self._stop_sent[row.id] = now
+        except RayJobNotFound:
+            if row.submitted_at is None:
+                await self._stop_locally(row.id)
+            else:
+                await self._finish(row, None, note="Stopped on request; Ray no longer knew the job.")
+        return True
 
     async def _stop_locally(self, job_id: uuid.UUID) -> None:
         async with self.state.sessionmaker() as session, session.begin():
