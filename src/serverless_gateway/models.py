@@ -180,6 +180,7 @@ class Job(Base):
     arguments: Mapped[str] = mapped_column(Text, server_default="{}")
     config: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     result: Mapped[str | None] = mapped_column(Text)
+    result_key: Mapped[str | None] = mapped_column(String(512))
     ray_submission_id: Mapped[str | None] = mapped_column(String(128))
     message: Mapped[str | None] = mapped_column(Text)
     logs_key: Mapped[str | None] = mapped_column(String(512))

@@ -10,7 +10,7 @@ from fastapi import Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from ..deps import PrincipalDep, SessionDep, SettingsDep, StateDep, UserDep, parse_uuid
+from ..deps import PrincipalDep, SessionDep, SettingsDep, StateDep, StorageDep, UserDep, parse_uuid
 from ..errors import ErrorDetail, ValidationFailed, error_responses
 from ..models import JobStatus
 from ..repositories.jobs import JobFilters
@@ -164,12 +164,13 @@ async def list_provider_jobs(
 )
 async def get_job(
     session: SessionDep,
+    storage: StorageDep,
     principal: PrincipalDep,
     job_id: str,
     with_result: Annotated[bool, Query(description="Include the job's result (default true).")] = True,
 ) -> JobOut:
     return await service.get_job(
-        session, principal=principal, job_id=parse_uuid(job_id, "Job"), with_result=with_result
+        session, storage, principal=principal, job_id=parse_uuid(job_id, "Job"), with_result=with_result
     )
 
 
@@ -179,8 +180,10 @@ async def get_job(
     summary="Get a job's result as a JSON string (204 when there is none yet)",
     responses={204: {"description": "The job has no result yet."}, **error_responses(401, 404)},
 )
-async def get_result(session: SessionDep, principal: PrincipalDep, job_id: str) -> Response | JobResultOut:
-    result = await service.get_result(session, principal=principal, job_id=parse_uuid(job_id, "Job"))
+async def get_result(
+    session: SessionDep, storage: StorageDep, principal: PrincipalDep, job_id: str
+) -> Response | JobResultOut:
+    result = await service.get_result(session, storage, principal=principal, job_id=parse_uuid(job_id, "Job"))
     if result is None:
         return Response(status_code=204)
     return JobResultOut(result=result)
@@ -194,13 +197,23 @@ async def get_result(session: SessionDep, principal: PrincipalDep, job_id: str) 
     openapi_extra=RESULT_BODY,
 )
 async def save_result(
-    request: Request, session: SessionDep, settings: SettingsDep, principal: PrincipalDep, job_id: str
+    request: Request,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+    job_id: str,
 ) -> JobOut:
     uuid_ = parse_uuid(job_id, "Job")
     # Room for the JSON or form escaping of a result as large as the limit; the result itself is checked after.
     fields = await read_fields(request, limit=2 * settings.max_result_bytes + 64 * 1024)
     return await service.save_result(
-        session, principal=principal, job_id=uuid_, result=fields.get("result"), max_bytes=settings.max_result_bytes
+        session,
+        storage,
+        principal=principal,
+        job_id=uuid_,
+        result=fields.get("result"),
+        max_bytes=settings.max_result_bytes,
     )
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Select, func, select, text, update
+from sqlalchemy import ColumnElement, Select, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
@@ -154,7 +154,8 @@ async def lock_jobs(session: AsyncSession, job_ids: Iterable[uuid.UUID]) -> list
 
 
 async def has_result(session: AsyncSession, job_id: uuid.UUID) -> bool:
-    return bool(await session.scalar(select(Job.result.is_not(None)).where(Job.id == job_id)))
+    has = or_(Job.result.is_not(None), Job.result_key.is_not(None))
+    return bool(await session.scalar(select(has).where(Job.id == job_id)))
 
 
 async def mark_submitted(session: AsyncSession, job_ids: Sequence[uuid.UUID], at: datetime) -> None:

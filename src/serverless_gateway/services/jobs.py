@@ -27,7 +27,8 @@ from ..schemas.jobs import (
     SubStatus,
 )
 from ..state import GatewayState
-from . import logs
+from ..storage.base import Storage
+from . import logs, results
 from .job_state import transition
 
 MAX_EVENT_BYTES = 256 * 1024
@@ -56,7 +57,8 @@ def decode_result(text: str | None) -> Any:
         return text
 
 
-def job_out(found: repo.JobWithProgram, *, with_result: bool) -> JobOut:
+def job_out(found: repo.JobWithProgram, *, with_result: bool, result: str | None = None) -> JobOut:
+    """The job as the API shows it; `result` is its result text when `with_result` (see services.results)."""
     job = found.job
     return JobOut(
         id=job.id,
@@ -67,7 +69,7 @@ def job_out(found: repo.JobWithProgram, *, with_result: bool) -> JobOut:
         updated=job.updated_at,
         started=job.started_at,
         finished=job.finished_at,
-        result=decode_result(job.result) if with_result else None,
+        result=decode_result(result) if with_result else None,
         message=job.message,
     )
 
@@ -125,15 +127,19 @@ async def _own_job(
     return found
 
 
-async def get_job(session: AsyncSession, *, principal: Principal, job_id: uuid.UUID, with_result: bool) -> JobOut:
+async def get_job(
+    session: AsyncSession, storage: Storage, *, principal: Principal, job_id: uuid.UUID, with_result: bool
+) -> JobOut:
     found = await _own_job(session, principal, job_id, with_result=with_result)
-    return job_out(found, with_result=with_result)
+    if not with_result:
+        return job_out(found, with_result=False)
+    return job_out(found, with_result=True, result=await results.load_result(storage, found.job))
 
 
-async def get_result(session: AsyncSession, *, principal: Principal, job_id: uuid.UUID) -> str | None:
+async def get_result(session: AsyncSession, storage: Storage, *, principal: Principal, job_id: uuid.UUID) -> str | None:
     """The result exactly as the job saved it (a JSON string), or None when there is none yet."""
     found = await _own_job(session, principal, job_id, with_result=True)
-    return found.job.result
+    return await results.load_result(storage, found.job)
 
 
 def _is_utf8(text: str) -> bool:
@@ -199,7 +205,7 @@ def result_text(value: Any) -> str:
 
 
 async def save_result(
-    session: AsyncSession, *, principal: Principal, job_id: uuid.UUID, result: Any, max_bytes: int
+    session: AsyncSession, storage: Storage, *, principal: Principal, job_id: uuid.UUID, result: Any, max_bytes: int
 ) -> JobOut:
     """Legacy `save_result`: store the result of a job that has not ended yet (409 once it has)."""
     text = result_text(result)
@@ -210,9 +216,9 @@ async def save_result(
     status = JobStatus(job.status)
     if status.is_terminal():
         raise Conflict(f"Job has already finished ({status.value}); its result can no longer change.")
-    job.result = text
+    await results.store_result(storage, job, text)
     await repo.save_job(session, job)
-    return job_out(found, with_result=True)
+    return job_out(found, with_result=True, result=text)
 
 
 async def read_logs(
