@@ -47,12 +47,16 @@ class Dispatcher:
         batch: int = 32,
         concurrency: int = 8,
         on_submitted: Callable[[], None] = lambda: None,
+        wake: Callable[[], None] = lambda: None,
+        on_ray_unavailable: Callable[[], None] = lambda: None,
     ):
         self.state = state
         self.ray = ray
         self.workdirs = workdirs
         self.batch = batch
         self.on_submitted = on_submitted
+        self.wake = wake
+        self.on_ray_unavailable = on_ray_unavailable
         self._semaphore = asyncio.Semaphore(concurrency)
         self._in_flight: set[uuid.UUID] = set()
         self._retry_at: dict[uuid.UUID, tuple[float, int]] = {}
@@ -142,7 +146,10 @@ class Dispatcher:
                     await self.workdirs.remove_job_package(job_id)
         except (SubmissionRejected, RayRejected) as exc:
             await self._fail(job_id, f"The job could not be submitted: {exc}")
-        except (RayUnavailable, RayJobNotFound, StorageError, OSError) as exc:
+        except RayUnavailable as exc:
+            self.on_ray_unavailable()  # take no new work until Ray answers again
+            self._schedule_retry(job_id, attempt, str(exc))
+        except (RayJobNotFound, StorageError, OSError) as exc:
             self._schedule_retry(job_id, attempt, str(exc))
         except Exception:
             logger.exception("submitting job %s failed unexpectedly; will retry", job_id)
@@ -172,6 +179,7 @@ class Dispatcher:
         logger.warning("submission of job %s failed (%s); retrying in %.0f s", job_id, why, delay)
         self._in_flight.add(job_id)
         self._retry_at[job_id] = (time.monotonic() + delay, attempt + 1)
+        self.wake()  # the dispatch loop recomputes when to run retries
 
     def adopt(self, job_id: uuid.UUID) -> None:
         """Take over a PENDING job that never reached Ray (its submitter crashed): resubmit it now."""
@@ -179,6 +187,7 @@ class Dispatcher:
             return
         self._in_flight.add(job_id)
         self._retry_at[job_id] = (time.monotonic(), 0)
+        self.wake()
 
     def run_due_retries(self) -> None:
         now = time.monotonic()

@@ -47,7 +47,14 @@ class EngineRuntime:
         self.sync: StatusSync | None = None
         if ray is not None:
             workdirs = Workdirs(state.settings.data_dir / "workdirs", state.storage)
-            self.dispatcher = Dispatcher(state=state, ray=ray, workdirs=workdirs, on_submitted=self._sync_soon.set)
+            self.dispatcher = Dispatcher(
+                state=state,
+                ray=ray,
+                workdirs=workdirs,
+                on_submitted=self._sync_soon.set,
+                wake=self.wake,
+                on_ray_unavailable=self._ray_unavailable,
+            )
             self.sync = StatusSync(state=state, ray=ray, dispatcher=self.dispatcher)
 
     def start(self) -> None:
@@ -61,6 +68,9 @@ class EngineRuntime:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _ray_unavailable(self) -> None:
+        self.ray_healthy = False
 
     async def close(self) -> None:
         for task in self._tasks:
