@@ -2,8 +2,8 @@
 
 One gateway per session: `serverless-gateway serve` in a subprocess (it starts and stops its own local Ray
 head), a throwaway database, accounts made with the CLI. Scenario scripts under `scenarios/` run with the
-client's python and exit non-zero when a check fails; the slow ones (those that install qiskit-serverless
-inside a job) start in the background as soon as the session starts.
+client's python and exit non-zero when a check fails; they all start together once the gateway is ready
+(most of their time is spent waiting for Ray), the ones whose jobs install qiskit-serverless first.
 
 Environment: GATEWAY_COMPAT_PYTHON uses that interpreter (with qiskit-serverless installed) instead of the cached
 virtualenv; GATEWAY_COMPAT_ARTIFACTS=<dir> keeps every scenario's output and the gateway's log there.
@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -393,13 +394,21 @@ def runner(gateway: Gateway, accounts: dict[str, str], client_python: str) -> It
 
 
 class Background:
-    """A scenario started early in the background; `wait()` collects its outcome."""
+    """A scenario running in the background; `wait()` collects its outcome."""
 
-    def __init__(self, runner: Runner, name: str, command: list[str], cwd: Path, env: dict[str, str]):
+    def __init__(self, name: str, command: list[str], cwd: Path, env: dict[str, str]):
         self.name = name
+        self.started = time.monotonic()
         self.log_path = cwd / "output.log"
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.ended: float | None = None
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        self.process.wait()
+        self.ended = time.monotonic()
+        note(f"scenario {self.name} ended ({self.process.returncode}) after {self.ended - self.started:.1f} s")
 
     def wait(self, timeout: float) -> Outcome:
         try:
@@ -409,7 +418,6 @@ class Background:
             self.process.wait()
             code = None
         self._log.close()
-        note(f"background {self.name} ended: {code}")
         output = self.log_path.read_text(errors="replace")
         if code is None:
             output += f"\n(timed out after {timeout} s)"
@@ -422,20 +430,30 @@ class Background:
         self._log.close()
 
 
+def start(runner: Runner, script: str, *, user: str, **env: str) -> Background:
+    """Start a scenario script in the background."""
+    cwd = runner.cwd(script)
+    return Background(
+        script, runner.command(script), cwd, runner.env(user, SCENARIO_OUTPUT=str(cwd / "output.json"), **env)
+    )
+
+
 @dataclass
-class ProviderStart:
-    """The provider's uploads (a scenario), the CLI grants, then the in-job scenario started in the background."""
+class ProviderFlow:
+    """The provider's uploads, the CLI grants, the in-job scenario (started in the background), then a user of
+    the granted group and the provider's admin, in that order."""
 
     setup: Outcome
     grants_error: str | None = None
     inside_job: Background | None = None
+    user: Outcome | None = None
+    admin: Outcome | None = None
 
 
-def _start_provider(runner: Runner) -> ProviderStart:
-    setup = runner.run("provider_setup", user="pam", timeout=180)
-    started = ProviderStart(setup=setup)
-    if setup.returncode != 0:
-        return started
+def _provider_flow(runner: Runner) -> ProviderFlow:
+    flow = ProviderFlow(setup=runner.run("provider_setup", user="pam", timeout=300))
+    if flow.setup.returncode != 0:
+        return flow
     try:
         _cli_all(
             runner.gateway,
@@ -448,47 +466,57 @@ def _start_provider(runner: Runner) -> ProviderStart:
             ],
         )
     except AssertionError as exc:
-        started.grants_error = str(exc)
-        return started
-    note("grants done; starting the in-job scenario")
-    started.inside_job = Background(
-        runner,
-        "inside_job",
-        runner.command("inside_job"),
-        runner.cwd("inside_job"),
-        runner.env("victor", GATEWAY_PROVIDER_TOKEN=runner.gateway.tokens["pam"]),
+        flow.grants_error = str(exc)
+        return flow
+    note("grants done")
+    flow.inside_job = start(runner, "inside_job", user="victor", GATEWAY_PROVIDER_TOKEN=runner.gateway.tokens["pam"])
+    flow.user = runner.run(
+        "provider_user", user="ursula", timeout=420, GATEWAY_OTHER_TOKEN=runner.gateway.tokens["bob"]
     )
-    return started
+    if flow.user.returncode == 0:
+        job_id = runner.output_of("provider_user")["job_id"]
+        flow.admin = runner.run("provider_admin", user="pam", timeout=300, USER_JOB_ID=job_id)
+    return flow
 
 
 @dataclass
-class Early:
-    """What the session starts first, beside the other tests: the docs example and the provider's set-up."""
+class Scenarios:
+    """Every scenario, started together as soon as the gateway is ready: most of their time is spent waiting
+    for Ray, so they overlap well. Each test waits for its own."""
 
-    docs_example: Background
-    provider_future: Future[ProviderStart]
+    background: dict[str, Background]
+    provider_future: Future[ProviderFlow]
 
-    def provider(self) -> ProviderStart:
-        return self.provider_future.result(timeout=300)
+    def provider(self) -> ProviderFlow:
+        return self.provider_future.result(timeout=900)
 
 
 @pytest.fixture(scope="session", autouse=True)
-def early(runner: Runner) -> Iterator[Early]:
-    """Start the scenarios whose jobs install qiskit-serverless (about a minute, once) before anything else."""
+def scenarios(runner: Runner) -> Iterator[Scenarios]:
+    """Start the docs example and the in-job scenario first: their jobs install qiskit-serverless (once)."""
+    tokens = runner.gateway.tokens
     example_dir = runner.cwd("docs-example")
     shutil.copytree(DOCS_EXAMPLE, example_dir, dirs_exist_ok=True)
-    docs_example = Background(
-        runner, "docs example", runner.command(example_dir / "run_hello.py"), example_dir, runner.env("hana")
-    )
-    note("docs example started")
+    background = {
+        "docs example": Background(
+            "docs example", runner.command(example_dir / "run_hello.py"), example_dir, runner.env("hana")
+        )
+    }
     with ThreadPoolExecutor(max_workers=1) as pool:
-        result = Early(docs_example=docs_example, provider_future=pool.submit(_start_provider, runner))
+        provider_future = pool.submit(_provider_flow, runner)
+        background["functions"] = start(runner, "functions", user="fiona", GATEWAY_OTHER_TOKEN=tokens["bob"])
+        background["jobs"] = start(runner, "jobs", user="alice", GATEWAY_OTHER_TOKEN=tokens["bob"])
+        background["files"] = start(runner, "files", user="fiona", GATEWAY_OTHER_TOKEN=tokens["bob"])
+        background["stop"] = start(runner, "stop", user="quinn")
+        note("scenarios started")
+        started = Scenarios(background=background, provider_future=provider_future)
         try:
-            yield result
+            yield started
         finally:
-            docs_example.kill()
+            for scenario in background.values():
+                scenario.kill()
             try:
-                inside = result.provider().inside_job
+                inside = provider_future.result(timeout=900).inside_job
             except Exception:  # the provider's tests report it
                 inside = None
             if inside is not None:
