@@ -45,7 +45,7 @@ DOCS_EXAMPLE = ROOT / "docs" / "examples" / "hello"
 CLI = Path(sys.executable).with_name("serverless-gateway")
 # This user's third job must wait QUEUED (stop scenario), so the per-user running cap is small.
 RUNNING_CAP_PER_USER = 2
-START_TIMEOUT = 180.0
+START_TIMEOUT = 300.0  # `ray start` alone can take minutes on a loaded machine
 # What functions may depend on, as an operator would restrict it (dependencies_versions() reports it).
 DEPENDENCY_ALLOWLIST = ["qiskit-serverless"]
 # Stopping the Ray head removes its temp dir, pip environments included: that takes a while.
@@ -332,11 +332,11 @@ class Runner:
     python: str
     workdir: Path
 
-    def env(self, token: str, **extra: str) -> dict[str, str]:
+    def env(self, user: str, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ENV_", "PYTHON"))}
         env.update(
             GATEWAY_URL=self.gateway.url,
-            GATEWAY_TOKEN=self.gateway.tokens[token],
+            GATEWAY_TOKEN=self.gateway.tokens[user],
             PYTHONUNBUFFERED="1",
             PYTHONDONTWRITEBYTECODE="1",
             **extra,
