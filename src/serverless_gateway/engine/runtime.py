@@ -26,7 +26,10 @@ from .workdirs import Workdirs
 
 logger = logging.getLogger(__name__)
 
-MIN_SYNC_SECONDS = 0.1
+MIN_SYNC_SECONDS = 0.05
+# The sync pass interval adapts to what a pass costs: at least this many times its CPU time (so syncing stays
+# around 5% of a core however many jobs run) and twice its duration; at most GATEWAY_SYNC_INTERVAL_SECONDS.
+SYNC_CPU_FACTOR = 20
 BACKOFF_MAX_SECONDS = 10.0
 HEALTH_CACHE_SECONDS = 1.0
 
@@ -122,7 +125,7 @@ class EngineRuntime:
         settings = self.state.settings
         failures = 0
         while True:
-            started = time.monotonic()
+            started, cpu_started = time.monotonic(), time.process_time()
             try:
                 ended = await self.sync.sync_once()
                 failures = 0
@@ -132,7 +135,8 @@ class EngineRuntime:
                     self.recovered.set()
                 if ended:
                     self.wake()  # slots were freed
-                interval = min(settings.sync_interval_seconds, max(MIN_SYNC_SECONDS, 10 * (time.monotonic() - started)))
+                cost = max(2 * (time.monotonic() - started), SYNC_CPU_FACTOR * (time.process_time() - cpu_started))
+                interval = min(settings.sync_interval_seconds, max(MIN_SYNC_SECONDS, cost))
             except RayUnavailable as exc:
                 failures += 1
                 self.ray_healthy = False
