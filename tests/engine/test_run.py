@@ -176,3 +176,42 @@ async def test_public_and_private_log_lines_are_routed(
     provider_logs = (await gw.get(f"/api/v1/jobs/{job_id}/provider-logs/", headers=bob.headers)).json()["logs"]
     assert "[PRIVATE] provider secret" in provider_logs
     assert "[PUBLIC] progress for the user" in provider_logs
+
+
+async def test_stored_logs_keep_the_tail_within_the_cap(
+    live: LiveGateway, gw: httpx.AsyncClient, alice: TestUser, tune_live: Callable[..., None]
+) -> None:
+    tune_live(log_max_bytes=2000)
+    await upload(gw, alice, "chatty", {"main.py": "for i in range(3000):\n    print(f'line {i:05d}')\n"})
+    job_id = await run_job(gw, alice, "chatty")
+
+    await wait_status(live.state, job_id, {JobStatus.SUCCEEDED})
+
+    logs = (await gw.get(f"/api/v1/jobs/{job_id}/logs/", headers=alice.headers)).json()["logs"]
+    assert logs.startswith("[gateway] logs truncated: the first ")
+    assert "line 02999" in logs
+    assert "line 00000" not in logs
+    assert len(logs.encode()) < 2200
+
+
+UNREACHABLE_PROGRAM = """
+import json, os
+os.environ["ENV_JOB_GATEWAY_HOST"] = "http://127.0.0.1:9"  # the gateway cannot be reached at the end
+os.environ["GATEWAY_RESULT_SEND_ATTEMPTS"] = "1"
+with open(os.environ["RESULTS_PATH"], "w") as handle:
+    json.dump({"delivered": "through the logs"}, handle)
+"""
+
+
+async def test_result_reaches_the_gateway_through_the_logs_when_the_post_fails(
+    live: LiveGateway, gw: httpx.AsyncClient, alice: TestUser
+) -> None:
+    await upload(gw, alice, "cut-off", {"main.py": UNREACHABLE_PROGRAM})
+    job_id = await run_job(gw, alice, "cut-off")
+
+    job = await wait_status(live.state, job_id, {JobStatus.SUCCEEDED})
+
+    assert json.loads(job.result or "null") == {"delivered": "through the logs"}
+    logs = (await gw.get(f"/api/v1/jobs/{job_id}/logs/", headers=alice.headers)).json()["logs"]
+    assert "__SERVERLESS_GATEWAY_RESULT__" not in logs
+    assert "could not reach the gateway" in logs
