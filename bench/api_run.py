@@ -315,7 +315,8 @@ def print_run_table(results: list[LoadResult], args: argparse.Namespace) -> bool
                 line += f"  {'PASS' if passed else 'FAIL'} (>={RUN_TARGET_RPS:g}/s), {ratio}"
         print(line)
         if len(r.all_rps) > 1:
-            print(f"{'':<21}req/s of the {len(r.all_rps)} rounds: {', '.join(f'{x:.0f}' for x in r.all_rps)}")
+            rounds = ", ".join(f"{x:.0f}" for x in r.all_rps)
+            print(f"{'':<21}req/s of the {len(r.all_rps)} rounds: {rounds} (the row shows the median round)")
         if r.errors:
             print(f"{'':<21}status codes: {r.codes}")
     return passed_any
