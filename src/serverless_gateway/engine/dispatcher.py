@@ -145,7 +145,7 @@ class Dispatcher:
                 finally:
                     await self.workdirs.remove_job_package(job_id)
         except (SubmissionRejected, RayRejected) as exc:
-            await self._fail(job_id, f"The job could not be submitted: {exc}")
+            await self._fail(job_id, f"The job could not be submitted: {_gist(str(exc))}", details=str(exc))
         except RayUnavailable as exc:
             self.on_ray_unavailable()  # take no new work until Ray answers again
             self._schedule_retry(job_id, attempt, str(exc))
@@ -218,11 +218,12 @@ class Dispatcher:
             item.job.token_hash = hash_token(token)
         await self._submit(item, token, attempt=attempt)
 
-    async def _fail(self, job_id: uuid.UUID, reason: str) -> None:
+    async def _fail(self, job_id: uuid.UUID, reason: str, *, details: str = "") -> None:
         """FAILED with the reason in the job's logs (a submission that can never work)."""
         key = logs_key(job_id)
+        text = f"[gateway] {reason}\n" + (f"{details.rstrip()}\n" if details and details not in reason else "")
         try:
-            await self.state.storage.put_bytes(key, f"[gateway] {reason}\n".encode())
+            await self.state.storage.put_bytes(key, text.encode())
         except StorageError as exc:
             logger.warning("could not store the logs of job %s: %s", job_id, exc)
             key = ""
@@ -241,3 +242,13 @@ class Dispatcher:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _gist(text: str) -> str:
+    """One line of an error text: the last line of a traceback (`ValueError: ...`), else the first line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip() not in ("", ".")]
+    if not lines:
+        return text.strip()
+    if "Traceback (most recent call last)" in text:
+        return lines[-1].rstrip(".") + "."
+    return lines[0]
