@@ -163,6 +163,7 @@ class Job(Base):
         Index("ix_job_author_created", "author_id", text("created_at DESC"), text("id DESC")),
         Index("ix_job_author_status_created", "author_id", "status", text("created_at DESC")),
         Index("ix_job_program_created", "program_id", text("created_at DESC"), text("id DESC")),
+        Index("ix_job_author_program_created", "author_id", "program_id", text("created_at DESC"), text("id DESC")),
         Index(
             "ix_job_active",
             "status",
