@@ -137,6 +137,8 @@ class EngineRuntime:
                     self.wake()  # slots were freed
                 cost = max(2 * (time.monotonic() - started), SYNC_CPU_FACTOR * (time.process_time() - cpu_started))
                 interval = min(settings.sync_interval_seconds, max(MIN_SYNC_SECONDS, cost))
+                if self.sync.active_count == 0:
+                    interval = settings.sync_interval_seconds  # nothing runs: a submission here wakes us
             except RayUnavailable as exc:
                 failures += 1
                 self.ray_healthy = False

@@ -42,11 +42,13 @@ class StatusSync:
         self._stop_sent: dict[uuid.UUID, float] = {}
         self._last_orphan_check = float("-inf")
         self.resubmit_grace = RESUBMIT_GRACE
+        self.active_count = 0
 
     async def sync_once(self) -> int:
         """Sync every PENDING/RUNNING job; returns how many ended. Raises RayUnavailable when Ray cannot answer."""
         async with self.state.sessionmaker() as session:
             active = await repo.load_active(session)
+        self.active_count = len(active)
         orphan_check = time.monotonic() - self._last_orphan_check >= self.state.settings.sweep_interval_seconds
         if not active and not orphan_check:
             return 0
