@@ -2,12 +2,15 @@
 
 `ray stop` would stop every Ray head of the machine, so a head is started in its own session and stopped by
 ending exactly that session's processes (plus any job driver that escaped it into a session of its own).
+A head outlives a gateway killed with SIGKILL; the next `start()` with the same temp_root finds it through a
+small state file and reuses it, so the jobs it runs are recovered instead of lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -18,6 +21,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -26,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 # Ray puts unix sockets under <temp-dir>/session_<date>_<pid>/sockets/; AF_UNIX paths are capped at 107 bytes.
 _MAX_TEMP_DIR_CHARS = 45
+# Under temp_root: how to find (and reuse, or clean up) a head whose gateway was killed before stopping it.
+STATE_FILE = "local-ray-head.json"
 
 
 class RayStartError(RuntimeError):
@@ -126,6 +132,9 @@ class LocalRayHead:
         """
         if self.dashboard_url is not None:
             return self.dashboard_url
+        adopted = await self._adopt_previous()
+        if adopted is not None:
+            return adopted
         for attempt in range(1, self.attempts + 1):
             try:
                 return await self._start_once()
@@ -161,8 +170,72 @@ class LocalRayHead:
         url = f"http://127.0.0.1:{self.dashboard_port}"
         await self._wait_for_dashboard(url)
         self.dashboard_url = url
+        await asyncio.to_thread(self._write_state)
         logger.info("local Ray head up: dashboard %s, GCS %s, temp dir %s", url, self.gcs_address, self.temp_dir)
         return url
+
+    @property
+    def state_file(self) -> Path:
+        return self.temp_root / STATE_FILE
+
+    def _write_state(self) -> None:
+        record = {
+            "session_id": self._session_id,
+            "temp_dir": str(self.temp_dir),
+            "gcs_port": self.gcs_port,
+            "dashboard_port": self.dashboard_port,
+        }
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, self.state_file)
+
+    def _read_state(self) -> dict[str, Any] | None:
+        try:
+            record: dict[str, Any] = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return record
+
+    def _session_alive(self) -> bool:
+        for proc in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+                if os.getsid(proc.pid) == self._session_id and proc.status() != psutil.STATUS_ZOMBIE:
+                    return True
+        return False
+
+    async def _adopt_previous(self) -> str | None:
+        """Reuse the head a previous gateway left running here (it was killed), so its jobs live on."""
+        record = await asyncio.to_thread(self._read_state)
+        if record is None:
+            return None
+        try:
+            self._session_id = int(record["session_id"])
+            self.temp_dir = Path(record["temp_dir"])
+            self.gcs_port = int(record["gcs_port"])
+            self.dashboard_port = int(record["dashboard_port"])
+        except (KeyError, TypeError, ValueError):
+            await asyncio.to_thread(self.state_file.unlink, True)
+            return None
+        url = f"http://127.0.0.1:{self.dashboard_port}"
+        if await asyncio.to_thread(self._session_alive) and await self._answers(url):
+            self.dashboard_url = url
+            logger.info("reusing the local Ray head left running by a previous gateway: dashboard %s", url)
+            return url
+        logger.info("cleaning up a local Ray head left behind by a previous gateway (temp dir %s)", self.temp_dir)
+        await self.stop()
+        return None
+
+    @staticmethod
+    async def _answers(url: str) -> bool:
+        async with httpx.AsyncClient(timeout=3.0) as http:
+            for _ in range(3):
+                try:
+                    if (await http.get(f"{url}/api/version")).status_code == 200:
+                        return True
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.5)
+        return False
 
     async def _wait_for_dashboard(self, url: str) -> None:
         deadline = time.monotonic() + self.startup_timeout
@@ -231,6 +304,7 @@ class LocalRayHead:
             await asyncio.to_thread(self._kill_owned, 3.0)
         if self.temp_dir is not None:
             await asyncio.to_thread(shutil.rmtree, self.temp_dir, True)
+        await asyncio.to_thread(self.state_file.unlink, True)
         self._session_id = None
         self.temp_dir = None
         self.dashboard_url = None

@@ -1,0 +1,75 @@
+"""LocalRayHead: a private head, reused after its gateway was killed, stopped without touching other heads."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from serverless_gateway.engine.local_ray import STATE_FILE, LocalRayHead
+
+pytestmark = pytest.mark.ray
+
+
+def session_processes(session_id: int) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == session_id and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return found
+
+
+async def answers(url: str) -> bool:
+    try:
+        async with httpx.AsyncClient(timeout=5) as http:
+            return (await http.get(f"{url}/api/version")).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def test_head_is_reused_after_its_owner_died_and_stops_alone(ray_head: LocalRayHead, tmp_path: Path) -> None:
+    first = LocalRayHead(tmp_path / "ray", num_cpus=1)
+    url = await first.start()
+    session = first._session_id
+    assert session is not None
+    temp_dir = first.temp_dir
+    assert temp_dir is not None
+    assert temp_dir.is_dir()
+
+    # A gateway killed with SIGKILL never calls stop(): the next one finds the head and reuses it.
+    second = LocalRayHead(tmp_path / "ray", num_cpus=1)
+    assert await second.start() == url
+    assert second._session_id == session
+
+    await second.stop()
+
+    assert session_processes(session) == []
+    assert not temp_dir.exists()
+    assert not (tmp_path / "ray" / STATE_FILE).exists()
+    assert not await answers(url)
+    assert ray_head.dashboard_url is not None
+    assert await answers(ray_head.dashboard_url), "stopping one head must not stop another"
+
+
+async def test_a_stale_state_file_is_cleaned_up(tmp_path: Path) -> None:
+    root = tmp_path / "ray"
+    leftover = root / "ray-old"
+    leftover.mkdir(parents=True)
+    record = {"session_id": 2**22 + 12345, "temp_dir": str(leftover), "gcs_port": 1, "dashboard_port": 9}
+    (root / STATE_FILE).write_text(json.dumps(record))
+
+    head = LocalRayHead(root, num_cpus=1)
+    try:
+        url = await head.start()
+        assert url != "http://127.0.0.1:9"
+        assert not leftover.exists()
+        assert json.loads((root / STATE_FILE).read_text())["dashboard_port"] == head.dashboard_port
+    finally:
+        await head.stop()
