@@ -33,7 +33,8 @@ PIP_FAST_FAIL = {"PIP_RETRIES": "0", "PIP_DEFAULT_TIMEOUT": "2", "RUNTIME_ENV_RE
 async def ray_head(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalRayHead]:
     saved = {key: os.environ.get(key) for key in PIP_FAST_FAIL}
     os.environ.update(PIP_FAST_FAIL)
-    head = LocalRayHead(tmp_path_factory.mktemp("ray"))
+    # Wait for the temp dir (pip environments included) to be removed: CI machines can be short of disk.
+    head = LocalRayHead(tmp_path_factory.mktemp("ray"), removal_budget=300.0)
     try:
         await head.start()
         yield head

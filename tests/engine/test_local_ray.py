@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -10,7 +11,7 @@ import httpx
 import psutil
 import pytest
 
-from serverless_gateway.engine.local_ray import STATE_FILE, LocalRayHead
+from serverless_gateway.engine.local_ray import STATE_FILE, TRASH_PREFIX, LocalRayHead
 
 pytestmark = pytest.mark.ray
 
@@ -64,12 +65,41 @@ async def test_a_stale_state_file_is_cleaned_up(tmp_path: Path) -> None:
     leftover.mkdir(parents=True)
     record = {"session_id": 2**22 + 12345, "temp_dir": str(leftover), "gcs_port": 1, "dashboard_port": 9}
     (root / STATE_FILE).write_text(json.dumps(record))
+    # What an earlier stop() had no time to remove (or a process that exited while removing it).
+    trash = root / f"{TRASH_PREFIX}ray-older"
+    (trash / "pip" / "env").mkdir(parents=True)
+    (trash / "pip" / "env" / "module.py").write_text("x = 1\n")
 
     head = LocalRayHead(root, num_cpus=1)
     try:
         url = await head.start()
         assert url != "http://127.0.0.1:9"
         assert not leftover.exists()
+        for _ in range(100):
+            if not trash.exists():
+                break
+            await asyncio.sleep(0.1)
+        assert not trash.exists(), "a start removes the trash earlier stops left behind"
         assert json.loads((root / STATE_FILE).read_text())["dashboard_port"] == head.dashboard_port
     finally:
         await head.stop()
+
+
+async def test_stop_does_not_wait_for_a_slow_removal(tmp_path: Path) -> None:
+    root = tmp_path / "ray"
+    temp_dir = root / "ray-stopped"
+    (temp_dir / "session").mkdir(parents=True)
+    (temp_dir / "session" / "log.txt").write_text("log\n")
+    head = LocalRayHead(root, removal_budget=0.0)
+    head.temp_dir = temp_dir
+
+    await head.stop()
+
+    assert not temp_dir.exists(), "the temp dir is renamed away at once"
+    leftovers = [path for path in root.iterdir() if path.name.startswith(TRASH_PREFIX)]
+    assert all(path.name == f"{TRASH_PREFIX}ray-stopped" for path in leftovers)
+    for _ in range(100):
+        if not any(path.exists() for path in leftovers):
+            break
+        await asyncio.sleep(0.1)
+    assert not any(path.exists() for path in leftovers), "the removal goes on after stop() returned"

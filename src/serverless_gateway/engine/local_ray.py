@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 _MAX_TEMP_DIR_CHARS = 45
 # Under temp_root: how to find (and reuse, or clean up) a head whose gateway was killed before stopping it.
 STATE_FILE = "local-ray-head.json"
+# A stopped head's temp dir is renamed to this prefix + its name before it is removed (see _discard).
+TRASH_PREFIX = ".trash-"
 
 
 class RayStartError(RuntimeError):
@@ -68,12 +71,14 @@ class LocalRayHead:
         startup_timeout: float = 120.0,
         attempts: int = 3,
         dashboard_port: int | None = None,
+        removal_budget: float = 5.0,
     ):
         self.temp_root = temp_root
         self.num_cpus = num_cpus
         self.startup_timeout = startup_timeout
         self.attempts = attempts
         self.wanted_dashboard_port = dashboard_port
+        self.removal_budget = removal_budget
         self.temp_dir: Path | None = None
         self.gcs_port: int | None = None
         self.dashboard_port: int | None = None
@@ -132,6 +137,7 @@ class LocalRayHead:
         """
         if self.dashboard_url is not None:
             return self.dashboard_url
+        self._remove_in_background(await asyncio.to_thread(self._leftover_trash))
         adopted = await self._adopt_previous()
         if adopted is not None:
             return adopted
@@ -173,6 +179,45 @@ class LocalRayHead:
         await asyncio.to_thread(self._write_state)
         logger.info("local Ray head up: dashboard %s, GCS %s, temp dir %s", url, self.gcs_address, self.temp_dir)
         return url
+
+    async def _discard(self, temp_dir: Path) -> None:
+        """Rename the temp dir out of the way at once, then remove it for at most `removal_budget` seconds.
+
+        A temp dir holds Ray's pip environments (a GB of small files): removing it can take a minute, and a
+        gateway asked to stop should not wait that long. What is left when the budget runs out (or the process
+        exits) is a `.trash-*` dir beside it, removed in the background by the next start().
+        """
+        trash = temp_dir.with_name(f"{TRASH_PREFIX}{temp_dir.name}")
+        try:
+            await asyncio.to_thread(os.replace, temp_dir, trash)
+        except FileNotFoundError:
+            return
+        except OSError:
+            trash = temp_dir
+        finished = self._remove_in_background([trash])
+        if not await asyncio.to_thread(finished.wait, self.removal_budget):
+            logger.info("still removing %s; the next start finishes it if this process exits first", trash)
+
+    def _leftover_trash(self) -> list[Path]:
+        if not self.temp_root.is_dir():
+            return []
+        return [path for path in self.temp_root.iterdir() if path.name.startswith(TRASH_PREFIX)]
+
+    @staticmethod
+    def _remove_in_background(paths: list[Path]) -> threading.Event:
+        """Remove the paths in a daemon thread (it never holds up the interpreter's exit); set when done."""
+        finished = threading.Event()
+
+        def remove() -> None:
+            for path in paths:
+                shutil.rmtree(path, ignore_errors=True)
+            finished.set()
+
+        if paths:
+            threading.Thread(target=remove, name="ray-temp-dir-removal", daemon=True).start()
+        else:
+            finished.set()
+        return finished
 
     @property
     def state_file(self) -> Path:
@@ -303,7 +348,7 @@ class LocalRayHead:
             await asyncio.sleep(1.0)
             await asyncio.to_thread(self._kill_owned, 3.0)
         if self.temp_dir is not None:
-            await asyncio.to_thread(shutil.rmtree, self.temp_dir, True)
+            await self._discard(self.temp_dir)
         await asyncio.to_thread(self.state_file.unlink, True)
         self._session_id = None
         self.temp_dir = None
