@@ -188,10 +188,15 @@ async def gateway_status(http: httpx.AsyncClient, token: str, job_id: str) -> st
 
 
 class Direct:
-    """The baseline: the same program submitted straight to Ray, from threads (the client is synchronous)."""
+    """The baseline: the same program submitted straight to Ray, from threads (the client is synchronous).
+
+    Its status is polled with the same HTTP client as the gateway's (httpx, Ray's `GET /api/jobs/{id}`): on two
+    cores the poller's own CPU slows down the job it watches, so both sides must pay the same for a poll.
+    """
 
     def __init__(self, address: str, work: Path):
         self.client = JobSubmissionClient(address)
+        self.http = httpx.AsyncClient(base_url=address, timeout=60)
         self.dir = work / "direct-program"
         self.dir.mkdir(exist_ok=True)
         (self.dir / "main.py").write_text(TRIVIAL)
@@ -209,7 +214,14 @@ class Direct:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def status(self, sid: str) -> str:
-        return str((await self.call(self.client.get_job_status, sid)).value)
+        response = await self.http.get(f"/api/jobs/{sid}")
+        response.raise_for_status()
+        return str(response.json()["status"])
+
+    async def statuses(self) -> dict[str, str]:
+        response = await self.http.get("/api/jobs/")
+        response.raise_for_status()
+        return {str(job["submission_id"]): str(job["status"]) for job in response.json()}
 
     async def start_time(self, sid: str) -> float | None:
         try:
@@ -283,8 +295,8 @@ async def direct_makespan(direct: Direct, burst: int) -> float:
     started = time.time()
     sids = set(await asyncio.gather(*(direct.call(lambda: direct.submit()[0]) for _ in range(burst))))
     while True:
-        jobs = await direct.call(direct.client.list_jobs)
-        if sum(1 for job in jobs if job.submission_id in sids and str(job.status.value) in TERMINAL) == burst:
+        jobs = await direct.statuses()
+        if sum(1 for sid, status in jobs.items() if sid in sids and status in TERMINAL) == burst:
             return time.time() - started
         await asyncio.sleep(0.1)
 
@@ -388,6 +400,7 @@ async def main(args: argparse.Namespace) -> None:
                         results["b"] = await bench_turnaround(http, token, direct, args.repeat)
                     if "c" in only:
                         results["c"] = await bench_makespan(http, token, direct, args.burst)
+                await direct.http.aclose()
             finally:
                 gateway.stop()
                 await head.stop()
