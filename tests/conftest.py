@@ -114,6 +114,8 @@ async def client(app: FastAPI) -> AsyncIterator[AsyncClient]:
 
 @dataclass(frozen=True)
 class TestUser:
+    __test__ = False  # a helper, not a test class for pytest to collect
+
     id: uuid.UUID
     name: str
     token: str

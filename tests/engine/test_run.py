@@ -68,7 +68,7 @@ async def test_failing_entrypoint_fails_with_traceback(
     assert "ValueError: boom from the job" in logs
     assert "in explode" in logs
     assert "serverless_gateway_job" not in logs.split("Traceback")[1].split("ValueError")[0]
-    assert job.message
+    assert job.message == "Job entrypoint command failed with exit code 1: ValueError: boom from the job"
     assert job.result is None
 
 

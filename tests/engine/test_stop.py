@@ -85,7 +85,8 @@ async def test_uninstallable_dependency_fails_and_a_pending_job_stops(
     assert stopped.started_at is None
 
     job = await wait_status(live.state, failing, {JobStatus.FAILED}, timeout=60)
-    assert job.message
+    assert job.message is not None
+    assert "gateway-no-such-pkg" in job.message, "the message names what pip could not install"
     logs = (await gw.get(f"/api/v1/jobs/{failing}/logs/", headers=alice.headers)).json()["logs"]
     assert "gateway-no-such-pkg" in logs
     assert "never" not in logs.replace("print('never')", "")

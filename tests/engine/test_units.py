@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from serverless_gateway.engine import launcher
-from serverless_gateway.engine.joblogs import cap_tail, extract_result
+from serverless_gateway.engine.joblogs import cap_tail, extract_result, failure_summary
 from serverless_gateway.engine.local_ray import free_port
 from serverless_gateway.engine.ray_client import (
     RayJobNotFound,
@@ -40,6 +40,34 @@ def test_cap_tail_keeps_the_end_with_a_note() -> None:
     assert capped.endswith("line 999\n")
     assert len(capped.split("\n", 1)[1].encode()) <= 200
     assert cap_tail("short\n", 200) == "short\n"
+
+
+def test_failure_summary_names_the_exception_of_a_failed_entrypoint() -> None:
+    logs = 'about to fail\nTraceback (most recent call last):\n  File "main.py", line 2\nValueError: boom\n\n'
+    ray = "Job entrypoint command failed with exit code 1, last available logs (truncated to 20,000 chars):\n" + logs
+
+    assert failure_summary(ray, logs) == "Job entrypoint command failed with exit code 1: ValueError: boom"
+    assert failure_summary(ray, "") == "Job entrypoint command failed with exit code 1"
+
+
+def test_failure_summary_takes_pips_error_from_a_runtime_env_failure() -> None:
+    ray = (
+        "runtime_env setup failed: Failed to set up runtime environment.\n"
+        "Traceback (most recent call last):\n  File pip.py\nLast 50 lines of stdout:\n"
+        "    ERROR: Could not find a version that satisfies the requirement left-pad==9.9 (from versions: none)\n"
+        "    ERROR: No matching distribution found for left-pad==9.9\n"
+    )
+
+    assert failure_summary(ray, "") == (
+        "runtime_env setup failed: Failed to set up runtime environment. "
+        "ERROR: No matching distribution found for left-pad==9.9"
+    )
+
+
+def test_failure_summary_of_a_one_line_reason_is_that_line() -> None:
+    assert failure_summary("Job supervisor actor died", "") == "Job supervisor actor died"
+    assert failure_summary(None, "anything") is None
+    assert len(failure_summary("x" * 5000, "") or "") == 1000
 
 
 def test_extract_result_takes_the_marker_line_out() -> None:

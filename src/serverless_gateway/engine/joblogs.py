@@ -54,6 +54,41 @@ def first_line(message: str | None, limit: int = 1000) -> str | None:
     return line[:limit] or None
 
 
+_LOG_TAIL_NOTE = ", last available logs"
+_SUMMARY_SCAN_LINES = 60
+
+
+def _telling_line(text: str) -> str | None:
+    """The line that says what went wrong: pip's last `ERROR:` line, else the last line (an exception's)."""
+    lines = [line.strip() for line in text.strip().splitlines()[-_SUMMARY_SCAN_LINES:]]
+    lines = [line for line in lines if line and not line.startswith("[gateway]")]
+    errors = [line for line in lines if line.startswith("ERROR:")]
+    if errors:
+        return errors[-1]
+    return lines[-1] if lines else None
+
+
+def failure_summary(ray_message: str | None, logs: str, limit: int = 1000) -> str | None:
+    """One line for a failed job: Ray's reason and what the job (or pip) said last.
+
+    `Job entrypoint command failed with exit code 1: ValueError: boom`, or
+    `runtime_env setup failed: ...: ERROR: No matching distribution found for left-pad==9.9`.
+    """
+    head = first_line(ray_message, limit)
+    if head is None:
+        return None
+    rest = ray_message.strip().split("\n", 1)[1] if ray_message and "\n" in ray_message.strip() else ""
+    if _LOG_TAIL_NOTE in head:
+        # Ray appends the log tail, which the job's logs already hold: take the telling line from the logs.
+        head = head.split(_LOG_TAIL_NOTE, 1)[0]
+        rest = logs
+    detail = _telling_line(rest) if rest else None
+    if detail and detail not in head:
+        head = head.rstrip(": ")
+        head = f"{head} {detail}" if head.endswith(".") else f"{head}: {detail}"
+    return head[:limit]
+
+
 # Bigger log texts are processed in a worker thread so the event loop never stalls on them.
 _INLINE_BYTES = 256 * 1024
 

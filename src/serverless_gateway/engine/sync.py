@@ -16,7 +16,7 @@ from ..services.job_state import transition
 from ..state import GatewayState
 from ..storage.base import StorageError
 from .dispatcher import Dispatcher
-from .joblogs import first_line, logs_key, prepare_logs
+from .joblogs import failure_summary, logs_key, prepare_logs
 from .ray_client import RayJobNotFound, RayJobs, RayJobState, RayUnavailable
 from .submission import SUBMISSION_PREFIX, job_id_from_submission
 
@@ -126,12 +126,12 @@ class StatusSync:
             if new_status == JobStatus.FAILED and row.stop_requested:
                 # Ray cannot interrupt a runtime environment being built; what ends after a stop is STOPPED.
                 new_status = JobStatus.STOPPED
-            message = _message(new_status, ray_state)
+            message = _message(new_status, ray_state, raw)
         footer = ""
         if ray_state is not None and ray_state.status == "FAILED" and ray_state.message:
             reason = ray_state.message.strip()
             if "last available logs" in reason:  # Ray repeats the log tail, which is already above
-                reason = first_line(reason) or reason
+                reason = failure_summary(reason, raw) or reason
             footer += f"\n[gateway] Ray reports the job failed: {reason}\n"
         if note:
             footer += f"[gateway] {note}\n"
@@ -226,9 +226,9 @@ class StatusSync:
                     transition(job, JobStatus.STOPPED, message="Stopped before it started.")
 
 
-def _message(status: JobStatus, ray_state: RayJobState) -> str | None:
+def _message(status: JobStatus, ray_state: RayJobState, logs: str) -> str | None:
     if status == JobStatus.STOPPED:
         return "Stopped on request."
     if status == JobStatus.FAILED:
-        return first_line(ray_state.message) or "The job failed."
+        return failure_summary(ray_state.message, logs) or "The job failed."
     return None
