@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -103,3 +105,35 @@ async def test_stop_does_not_wait_for_a_slow_removal(tmp_path: Path) -> None:
             break
         await asyncio.sleep(0.1)
     assert not any(path.exists() for path in leftovers), "the removal goes on after stop() returned"
+
+
+async def test_a_head_another_live_gateway_owns_is_left_to_it(ray_head: LocalRayHead, tmp_path: Path) -> None:
+    root = tmp_path / "ray"
+    root.mkdir()
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        assert ray_head.dashboard_port is not None
+        assert ray_head.gcs_port is not None
+        record = {
+            "session_id": ray_head._session_id,
+            "temp_dir": str(ray_head.temp_dir),
+            "gcs_port": ray_head.gcs_port,
+            "dashboard_port": ray_head.dashboard_port,
+            "owner_pid": owner.pid,
+            "owner_started": psutil.Process(owner.pid).create_time(),
+        }
+        (root / STATE_FILE).write_text(json.dumps(record))
+
+        head = LocalRayHead(root, num_cpus=1)
+        try:
+            url = await head.start()
+            assert url != ray_head.dashboard_url, "a head whose owner still runs is not taken over"
+        finally:
+            await head.stop()
+
+        assert json.loads((root / STATE_FILE).read_text()) == record, "the owner's record is left alone"
+        assert ray_head.dashboard_url is not None
+        assert await answers(ray_head.dashboard_url)
+    finally:
+        owner.kill()
+        owner.wait()

@@ -84,6 +84,8 @@ class LocalRayHead:
         self.dashboard_port: int | None = None
         self.dashboard_url: str | None = None
         self._session_id: int | None = None
+        # Set when another live process owns the recorded head here: this head then keeps no record.
+        self._independent = False
 
     @property
     def gcs_address(self) -> str:
@@ -176,7 +178,8 @@ class LocalRayHead:
         url = f"http://127.0.0.1:{self.dashboard_port}"
         await self._wait_for_dashboard(url)
         self.dashboard_url = url
-        await asyncio.to_thread(self._write_state)
+        if not self._independent:
+            await asyncio.to_thread(self._write_state)
         logger.info("local Ray head up: dashboard %s, GCS %s, temp dir %s", url, self.gcs_address, self.temp_dir)
         return url
 
@@ -229,6 +232,8 @@ class LocalRayHead:
             "temp_dir": str(self.temp_dir),
             "gcs_port": self.gcs_port,
             "dashboard_port": self.dashboard_port,
+            "owner_pid": os.getpid(),
+            "owner_started": psutil.Process().create_time(),
         }
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(record))
@@ -248,10 +253,33 @@ class LocalRayHead:
                     return True
         return False
 
+    @staticmethod
+    def _owner_alive(record: dict[str, Any]) -> bool:
+        """Whether another live process (not this one) started the recorded head: then it is not ours to take."""
+        try:
+            pid, started = int(record["owner_pid"]), float(record["owner_started"])
+        except (KeyError, TypeError, ValueError):
+            return False
+        if pid == os.getpid():
+            return False
+        try:
+            return bool(abs(psutil.Process(pid).create_time() - started) < 1.0)
+        except psutil.Error:
+            return False
+
     async def _adopt_previous(self) -> str | None:
         """Reuse the head a previous gateway left running here (it was killed), so its jobs live on."""
         record = await asyncio.to_thread(self._read_state)
         if record is None:
+            return None
+        if await asyncio.to_thread(self._owner_alive, record):
+            logger.warning(
+                "process %s, which started the local Ray head under %s, still runs: starting a separate head "
+                "(two gateways should not share GATEWAY_DATA_DIR)",
+                record.get("owner_pid"),
+                self.temp_root,
+            )
+            self._independent = True
             return None
         try:
             self._session_id = int(record["session_id"])
@@ -264,6 +292,7 @@ class LocalRayHead:
         url = f"http://127.0.0.1:{self.dashboard_port}"
         if await asyncio.to_thread(self._session_alive) and await self._answers(url):
             self.dashboard_url = url
+            await asyncio.to_thread(self._write_state)  # this process owns it now
             logger.info("reusing the local Ray head left running by a previous gateway: dashboard %s", url)
             return url
         logger.info("cleaning up a local Ray head left behind by a previous gateway (temp dir %s)", self.temp_dir)
@@ -349,7 +378,8 @@ class LocalRayHead:
             await asyncio.to_thread(self._kill_owned, 3.0)
         if self.temp_dir is not None:
             await self._discard(self.temp_dir)
-        await asyncio.to_thread(self.state_file.unlink, True)
+        if not self._independent:
+            await asyncio.to_thread(self.state_file.unlink, True)
         self._session_id = None
         self.temp_dir = None
         self.dashboard_url = None
