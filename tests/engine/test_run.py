@@ -215,3 +215,17 @@ async def test_result_reaches_the_gateway_through_the_logs_when_the_post_fails(
     logs = (await gw.get(f"/api/v1/jobs/{job_id}/logs/", headers=alice.headers)).json()["logs"]
     assert "__SERVERLESS_GATEWAY_RESULT__" not in logs
     assert "could not reach the gateway" in logs
+
+
+async def test_a_large_result_through_the_logs_is_kept_in_storage(
+    live: LiveGateway, gw: httpx.AsyncClient, alice: TestUser
+) -> None:
+    program = UNREACHABLE_PROGRAM.replace('{"delivered": "through the logs"}', '{"big": "x" * 300_000}')
+    await upload(gw, alice, "cut-off-big", {"main.py": program})
+    job_id = await run_job(gw, alice, "cut-off-big")
+
+    job = await wait_status(live.state, job_id, {JobStatus.SUCCEEDED})
+
+    assert (job.result, job.result_key) == (None, f"results/{job_id}.json"), "over 256 KiB: stored, not inline"
+    answer = await gw.get(f"/api/v1/jobs/{job_id}/result/", headers=alice.headers)
+    assert json.loads(answer.json()["result"]) == {"big": "x" * 300_000}

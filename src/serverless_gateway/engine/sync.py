@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from ..models import JobStatus
 from ..repositories import engine as repo
 from ..repositories.engine import ActiveJob
+from ..services import results
 from ..services.job_state import transition
 from ..state import GatewayState
 from ..storage.base import StorageError
@@ -146,7 +147,7 @@ class StatusSync:
             if fallback_result is not None and not await repo.has_result(session, job.id):
                 problem = self._check_result(fallback_result)
                 if problem is None:
-                    job.result = fallback_result
+                    await results.store_result(self.state.storage, job, fallback_result)
                 elif new_status == JobStatus.SUCCEEDED:
                     new_status, message = JobStatus.FAILED, problem
             job.logs_key = key
