@@ -78,13 +78,10 @@ async def admin_execute(server: str, sql: str) -> None:
 
 def run_migrations(url: str) -> None:
     from alembic import command
-    from alembic.config import Config
 
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
-    cfg.attributes["database_url"] = url
-    cfg.attributes["configure_logging"] = False
-    command.upgrade(cfg, "head")
+    from serverless_gateway.schema import alembic_config
+
+    command.upgrade(alembic_config(url), "head")
 
 
 async def seed_accounts(url: str, n_users: int, rng: random.Random) -> Seed:

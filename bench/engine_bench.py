@@ -36,7 +36,6 @@ import asyncpg
 import httpx
 import psutil
 from alembic import command
-from alembic.config import Config
 from fastapi import FastAPI
 from ray.job_submission import JobSubmissionClient
 from sqlalchemy import func, select
@@ -48,6 +47,7 @@ from serverless_gateway.config import load_settings
 from serverless_gateway.db import create_engine, create_sessionmaker
 from serverless_gateway.engine.local_ray import LocalRayHead, free_port
 from serverless_gateway.models import Job
+from serverless_gateway.schema import alembic_config
 from serverless_gateway.services import accounts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,11 +84,7 @@ class Database:
 
     async def create(self) -> None:
         await self._admin(f'CREATE DATABASE "{self.name}"')
-        cfg = Config(str(ROOT / "alembic.ini"))
-        cfg.set_main_option("script_location", str(ROOT / "migrations"))
-        cfg.attributes["database_url"] = self.async_url
-        cfg.attributes["configure_logging"] = False
-        await asyncio.to_thread(command.upgrade, cfg, "head")
+        await asyncio.to_thread(command.upgrade, alembic_config(self.async_url), "head")
 
     async def drop(self) -> None:
         await self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')

@@ -13,7 +13,6 @@ from pathlib import Path
 import asyncpg
 import pytest
 from alembic import command
-from alembic.config import Config
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy import text
@@ -22,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from serverless_gateway.app import create_app
 from serverless_gateway.config import Settings
+from serverless_gateway.schema import alembic_config
 from serverless_gateway.services import accounts
 from tests.database import async_url, server_url, throwaway_name
 
@@ -30,11 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_migrations(url: str) -> None:
     """Build the schema the way production does: with Alembic."""
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
-    cfg.attributes["database_url"] = url
-    cfg.attributes["configure_logging"] = False
-    command.upgrade(cfg, "head")
+    command.upgrade(alembic_config(url), "head")
 
 
 @pytest.fixture(scope="session")
