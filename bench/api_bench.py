@@ -91,7 +91,10 @@ class ListResult:
     raw_cpu_ms: float = float("nan")
 
 
-async def measure_lists(url: str, seed: Seed, data_dir: Path, n: int, rng: random.Random) -> list[ListResult]:
+async def measure_lists(
+    url: str, seed: Seed, data_dir: Path, n: int, rng: random.Random, cases: list[ListCase] | None = None
+) -> list[ListResult]:
+    """Each case (default: every `list_cases`) through the app in-process, then its statements in raw asyncpg."""
     settings = Settings(database_url=url, data_dir=data_dir, run_engine=False, public_url="http://bench")
     app = create_app(settings, start_engine=False)
     results: list[ListResult] = []
@@ -108,7 +111,7 @@ async def measure_lists(url: str, seed: Seed, data_dir: Path, n: int, rng: rando
             gc.collect()  # the start-up's garbage, collected now rather than in the first measured requests
             floor, floor_cpu = await _time_floor(client, n)
             results.append(ListResult("(floor: GET /version, no auth/DB)", floor, [], 0.0, 0, floor_cpu))
-            for case in list_cases(datetime.now(UTC)):
+            for case in list_cases(datetime.now(UTC)) if cases is None else cases:
                 for user in seed.users[:20]:  # warm-up: token cache, prepared statements, buffers
                     await client.get("/api/v1/jobs/", params=case.params(user, seed, rng), headers=user.headers)
                 gateway_ms: list[float] = []
@@ -152,11 +155,11 @@ async def _time_floor(client: httpx.AsyncClient, n: int) -> tuple[list[float], f
 
 
 async def _replay(pool: asyncpg.Pool, replays: list[list[tuple[str, Any]]]) -> list[float]:
-    """The statements each measured request ran (token lookups left out), in one transaction, raw asyncpg."""
+    """The statements each measured request ran (token lookups left out), raw asyncpg, no transaction (as a GET)."""
     timings = []
     for statements in replays[:20] + replays:  # the first 20 warm the statement cache
         start = time.perf_counter()
-        async with pool.acquire() as conn, conn.transaction():
+        async with pool.acquire() as conn:
             for sql, params in statements:
                 await conn.fetch(sql, *(params or ()))
         timings.append((time.perf_counter() - start) * 1000)

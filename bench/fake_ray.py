@@ -1,4 +1,5 @@
-"""A stand-in for Ray's job REST API whose jobs run forever: lets the engine bench keep 500 jobs RUNNING.
+"""A stand-in for Ray's job REST API whose jobs run forever (or succeed after a delay): lets the engine bench keep
+500 jobs RUNNING, or put 1,000 jobs through the gateway without 1,000 Ray workers.
 
 It answers the calls `JobSubmissionClient` makes (version, packages, submit, list, info, logs, stop, delete)
 and counts the list calls, i.e. the engine's sync passes. 500 real Ray jobs would need ~1,000 processes.
@@ -19,7 +20,9 @@ from starlette.routing import Route
 
 
 class FakeRay:
-    def __init__(self) -> None:
+    def __init__(self, *, succeed_after: float | None = None) -> None:
+        """`succeed_after`: seconds after which a job reads SUCCEEDED (None: it runs forever)."""
+        self.succeed_after = succeed_after
         self.jobs: dict[str, dict[str, Any]] = {}
         self.calls: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -35,6 +38,15 @@ class FakeRay:
         )
         self._server: uvicorn.Server | None = None
 
+    def _aged(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The job as it reads now: SUCCEEDED once `succeed_after` seconds have passed (unless stopped)."""
+        if self.succeed_after is None or job["status"] != "RUNNING":
+            return job
+        if time.time() * 1000 - job["start_time"] < self.succeed_after * 1000:
+            return job
+        job.update(status="SUCCEEDED", message="done", end_time=int(time.time() * 1000), driver_exit_code=0)
+        return job
+
     async def version(self, request: Request) -> Response:
         return JSONResponse({"version": "4", "ray_version": "2.60.0", "ray_commit": "fake", "session_name": "fake"})
 
@@ -45,7 +57,7 @@ class FakeRay:
         if request.method == "GET":
             self.calls["list"] += 1
             with self._lock:
-                return JSONResponse(list(self.jobs.values()))
+                return JSONResponse([self._aged(job) for job in self.jobs.values()])
         body = await request.json()
         sid = body["submission_id"]
         self.calls["submit"] += 1
@@ -79,7 +91,7 @@ class FakeRay:
             if request.method == "DELETE":
                 del self.jobs[sid]
                 return JSONResponse({"deleted": True})
-            return JSONResponse(self.jobs[sid])
+            return JSONResponse(self._aged(self.jobs[sid]))
 
     async def logs(self, request: Request) -> Response:
         return JSONResponse({"logs": "fake logs\n"})

@@ -8,7 +8,8 @@
 #   SERVERLESS_GATEWAY_VENV  where the virtualenv lives (default: .venv in the repository)
 #   PYTHON                   the interpreter to build it from (default: the first python3.11+ on PATH)
 # Re-running is cheap: nothing is installed again until the lock file or pyproject.toml change.
-# Progress goes to stderr; stdout holds only the virtualenv's path.
+# Progress goes to stderr (the installer's own progress too when stderr is a terminal); stdout holds only the
+# virtualenv's path.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -62,11 +63,16 @@ fi
 started=$(date +%s)
 say "installing $(basename "$lock") into $venv (the first time takes a few minutes: Ray is large)"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# In a terminal the installers show their progress (downloads, builds); in CI logs and pipes they stay quiet.
+quiet=(--quiet)
+if [ -t 2 ]; then
+    quiet=()
+fi
 "$python" -m pip install --quiet --upgrade pip uv >&2 || say "could not install uv; using pip alone"
 installed=""
 if [ -x "$venv/bin/uv" ]; then
     # uv is several times faster than pip; fall back to pip if it cannot reach what pip can.
-    if "$venv/bin/uv" pip install --quiet --python "$python" -r "$lock" >&2 &&
+    if "$venv/bin/uv" pip install "${quiet[@]}" --python "$python" -r "$lock" >&2 &&
         "$venv/bin/uv" pip install --quiet --python "$python" --no-deps -e "$root" >&2; then
         installed=yes
     else
@@ -74,7 +80,8 @@ if [ -x "$venv/bin/uv" ]; then
     fi
 fi
 if [ -z "$installed" ]; then
-    "$python" -m pip install --quiet -r "$lock" >&2
+    say "installing with pip"
+    "$python" -m pip install "${quiet[@]}" -r "$lock" >&2
     "$python" -m pip install --quiet --no-deps -e "$root" >&2
 fi
 find "$venv" -maxdepth 1 -name '.installed-*' ! -name ".installed-$digest-*" -delete

@@ -10,7 +10,7 @@ if [ -z "$uv" ]; then
         exit 1
     fi
 fi
-common=(--universal --python-version 3.11 --quiet --custom-compile-command scripts/lock.sh "$@")
+common=(--universal --python-version 3.11 --generate-hashes --quiet --custom-compile-command scripts/lock.sh "$@")
 "$uv" pip compile pyproject.toml "${common[@]}" -o requirements.lock
 "$uv" pip compile pyproject.toml --extra dev "${common[@]}" -o requirements-dev.lock
 echo "lock.sh: wrote requirements.lock and requirements-dev.lock" >&2

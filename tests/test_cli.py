@@ -68,6 +68,8 @@ def test_serve_answers_and_stops_cleanly_on_a_signal(env: dict[str, str], tmp_pa
     assert "Application shutdown complete" in output
     assert "Traceback" not in output
     assert "Created the user 'dev'" not in output, "a configured database gets no dev user"
+    # uvicorn only picks uvloop itself when it runs the loop; serve runs it, and must pick it too.
+    assert "event loop uvloop, HTTP protocol uvicorn.protocols.http.httptools_impl" in output
 
 
 def test_serve_on_a_busy_port_fails_at_once(env: dict[str, str], tmp_path: Path) -> None:

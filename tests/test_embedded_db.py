@@ -133,9 +133,12 @@ def test_serve_on_the_embedded_database_creates_dev_once(data_dir: Path, tmp_pat
     env = cli_env(data_dir=str(data_dir), run_engine="false")
     with serving(env, tmp_path) as first:
         first.wait_live()
-        banner = [line for line in first.output().splitlines() if line.strip().startswith("gw_")]
-        assert len(banner) == 1, first.output()
-        token = banner[0].strip()
+        # Not a terminal: the token is not in the output but in a file only its owner may read.
+        assert "gw_" not in first.output()
+        token_file = data_dir / "dev-token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        assert str(token_file.resolve()) in first.output()
+        token = token_file.read_text().strip()
         response = httpx.get(f"{first.url}/api/v1/programs/", headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert response.status_code == 200, response.text
         # An admin command while `serve` runs shares its server and leaves it running.

@@ -72,7 +72,8 @@ def test_the_docker_build_context_holds_what_the_dockerfile_copies() -> None:
         assert source not in ignored, f"the Dockerfile copies {source}, which .dockerignore leaves out"
     assert {"pyproject.toml", "README.md", "src", "migrations"} <= set(copied)
     assert re.search(r"^USER (?!root)\S+", dockerfile, flags=re.MULTILINE), "the image must not run as root"
-    assert 'ENTRYPOINT ["serverless-gateway"]' in dockerfile
+    assert 'ENTRYPOINT ["/usr/bin/tini", "--", "serverless-gateway"]' in dockerfile  # an init process as PID 1
+    assert "install -y --no-install-recommends tini" in dockerfile
     assert "/api/v1/liveness/" in dockerfile
 
 
@@ -92,3 +93,14 @@ def test_the_scripts_are_strict_bash(script: str) -> None:
     assert path.read_text().startswith("#!/usr/bin/env bash\n")
     assert "set -euo pipefail" in path.read_text()
     assert path.stat().st_mode & 0o111, f"{script} is not executable"
+
+
+@pytest.mark.parametrize("lock", ["requirements.lock", "requirements-dev.lock"])
+def test_every_pin_carries_the_hashes_of_its_files(lock: str) -> None:
+    """The image installs with `pip install --require-hashes`: one pin without a hash would fail its build."""
+    entries = re.split(r"\n(?=[A-Za-z0-9][A-Za-z0-9._-]*==)", (ROOT / lock).read_text())
+    pinned = [entry for entry in entries if re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*==", entry)]
+    assert {canonicalize_name(entry.split("==")[0]) for entry in pinned} == set(_pins(lock))
+    unhashed = [entry.split()[0] for entry in pinned if not re.search(r"--hash=sha256:[0-9a-f]{64}", entry)]
+    assert unhashed == []
+    assert "--require-hashes -r requirements.lock" in (ROOT / "Dockerfile").read_text()

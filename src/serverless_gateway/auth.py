@@ -1,4 +1,4 @@
-"""Bearer-token authentication, per-job tokens and the access rules for programs, jobs and files."""
+"""Bearer-token authentication and per-job tokens (the access rules live in `repositories/access.py`)."""
 
 from __future__ import annotations
 
@@ -7,24 +7,22 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, Select, and_, exists, or_, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .errors import NotFound, Unauthorized
 from .models import (
     ACTIVE_STATUSES,
-    AccessLevel,
     ApiToken,
-    GroupMembership,
     Job,
-    Program,
-    ProgramAccess,
-    ProviderAdminGroup,
     User,
 )
 
 USER_TOKEN_PREFIX = "gw_"
+TOKEN_USE_RESOLUTION = timedelta(minutes=1)
+"""`api_token.last_used_at` is rewritten at most this often, so a busy token does not cost a write per request."""
 JOB_TOKEN_PREFIX = "gwjob_"
 
 
@@ -34,6 +32,14 @@ def new_user_token() -> str:
 
 def new_job_token() -> str:
     return JOB_TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+BOOTSTRAP_PREFIX = "gwboot_"
+
+
+def new_bootstrap_code() -> str:
+    """A one-time code a job's launcher trades for its token, arguments and env vars (see api/job_bootstrap.py)."""
+    return BOOTSTRAP_PREFIX + secrets.token_urlsafe(32)
 
 
 def hash_token(token: str) -> str:
@@ -48,6 +54,8 @@ class Principal:
     user_id: uuid.UUID
     username: str
     job_id: uuid.UUID | None = None
+    token_id: uuid.UUID | None = None
+    expires_at: datetime | None = None
 
     @property
     def is_job(self) -> bool:
@@ -68,12 +76,14 @@ class TokenCache:
         self._entries: dict[str, tuple[float, Principal]] = {}
 
     def get(self, token_hash: str) -> Principal | None:
+        """The principal checked less than the TTL ago, unless its token has expired since."""
         if self._ttl <= 0:
             return None
         entry = self._entries.get(token_hash)
         if entry is None:
             return None
-        if entry[0] < time.monotonic():
+        expires_at = entry[1].expires_at
+        if entry[0] < time.monotonic() or (expires_at is not None and expires_at <= datetime.now(UTC)):
             self._entries.pop(token_hash, None)
             return None
         return entry[1]
@@ -96,7 +106,7 @@ async def authenticate(session: AsyncSession, token: str, cache: TokenCache) -> 
             await session.execute(
                 select(Job.id, User.id, User.username)
                 .join(User, User.id == Job.author_id)
-                .where(Job.token_hash == digest, Job.status.in_(ACTIVE_STATUSES))
+                .where(Job.token_hash == digest, Job.status.in_(ACTIVE_STATUSES), User.disabled.is_(False))
             )
         ).first()
         if row is None:
@@ -105,61 +115,33 @@ async def authenticate(session: AsyncSession, token: str, cache: TokenCache) -> 
     cached = cache.get(digest)
     if cached is not None:
         return cached
-    user_row = (
+    found = (
         await session.execute(
-            select(User.id, User.username)
-            .join(ApiToken, ApiToken.user_id == User.id)
+            select(ApiToken, User.username, User.disabled)
+            .join(User, User.id == ApiToken.user_id)
             .where(ApiToken.token_hash == digest)
         )
     ).first()
-    if user_row is None:
+    if found is None:
         raise Unauthorized("Invalid token.")
-    principal = Principal(user_id=user_row[0], username=user_row[1])
+    stored, username, disabled = found.tuple()
+    now = datetime.now(UTC)
+    if stored.revoked_at is not None:
+        raise Unauthorized("This token was revoked.")
+    if stored.expires_at is not None and stored.expires_at <= now:
+        raise Unauthorized(f"This token expired at {stored.expires_at.isoformat(timespec='seconds')}.")
+    if disabled:
+        raise Unauthorized(f"User {username!r} is disabled.")
+    if stored.last_used_at is None or stored.last_used_at < now - TOKEN_USE_RESOLUTION:
+        await _record_token_use(session, stored.id)
+    principal = Principal(user_id=stored.user_id, username=username, token_id=stored.id, expires_at=stored.expires_at)
     cache.put(digest, principal)
     return principal
 
 
-def _member_groups(user_id: uuid.UUID) -> Select[uuid.UUID]:
-    return select(GroupMembership.group_id).where(GroupMembership.user_id == user_id)
-
-
-def admin_provider_ids(user_id: uuid.UUID) -> Select[uuid.UUID]:
-    """The providers whose admin groups hold this user."""
-    return select(ProviderAdminGroup.provider_id).where(ProviderAdminGroup.group_id.in_(_member_groups(user_id)))
-
-
-def program_visible(user_id: uuid.UUID) -> ColumnElement[bool]:
-    """SQL condition: the user may see this program (own, administered provider, or a granted group)."""
-    granted = exists().where(
-        ProgramAccess.program_id == Program.id, ProgramAccess.group_id.in_(_member_groups(user_id))
-    )
-    return or_(
-        and_(Program.provider_id.is_(None), Program.author_id == user_id),
-        and_(Program.provider_id.is_not(None), Program.provider_id.in_(admin_provider_ids(user_id))),
-        and_(Program.provider_id.is_not(None), granted),
-    )
-
-
-def program_runnable(user_id: uuid.UUID) -> ColumnElement[bool]:
-    """SQL condition: the user may run this program."""
-    granted = exists().where(
-        ProgramAccess.program_id == Program.id,
-        ProgramAccess.group_id.in_(_member_groups(user_id)),
-        ProgramAccess.level == AccessLevel.RUN.value,
-    )
-    return or_(
-        and_(Program.provider_id.is_(None), Program.author_id == user_id),
-        and_(Program.provider_id.is_not(None), Program.provider_id.in_(admin_provider_ids(user_id))),
-        and_(Program.provider_id.is_not(None), granted),
-    )
-
-
-async def is_provider_admin(session: AsyncSession, user_id: uuid.UUID, provider_id: uuid.UUID) -> bool:
-    found = await session.scalar(
-        select(
-            exists()
-            .where(ProviderAdminGroup.provider_id == provider_id)
-            .where(ProviderAdminGroup.group_id.in_(_member_groups(user_id)))
-        )
-    )
-    return bool(found)
+async def _record_token_use(session: AsyncSession, token_id: uuid.UUID) -> None:
+    """Stamp `last_used_at`; skipped when another request holds the row, so no request waits on it."""
+    stale = or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < func.now() - TOKEN_USE_RESOLUTION)
+    claimable = select(ApiToken.id).where(ApiToken.id == token_id, stale).with_for_update(skip_locked=True)
+    stamp = update(ApiToken).where(ApiToken.id.in_(claimable)).values(last_used_at=func.now())
+    await session.execute(stamp.execution_options(synchronize_session=False))

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from . import log_config
+from .api.body_guard import PRINCIPAL_KEY
 from .auth import Principal, authenticate
 from .config import Settings
-from .db import session_scope
+from .db import DriverTransaction, driver_scope, session_scope
 from .errors import Forbidden, NotFound, Unauthorized
 from .state import GatewayState
 from .storage import Storage
@@ -26,12 +28,39 @@ async def get_state(request: Request) -> GatewayState:
 StateDep = Annotated[GatewayState, Depends(get_state)]
 
 
-async def get_session(state: StateDep) -> AsyncIterator[AsyncSession]:
-    async for session in session_scope(state.sessionmaker):
+READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
+_READS_ONLY_THROUGH_SESSION = "__reads_only_through_session__"
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+
+
+def reads_only_through_session(endpoint: Endpoint) -> Endpoint:
+    """Mark an endpoint that writes only through its own `DriverTransactionDep`: its session may autocommit."""
+    setattr(endpoint, _READS_ONLY_THROUGH_SESSION, True)
+    return endpoint
+
+
+async def get_session(request: Request, state: StateDep) -> AsyncIterator[AsyncSession]:
+    """The request's session: one transaction for a write; AUTOCOMMIT statements for a GET or HEAD (or an
+    endpoint marked `reads_only_through_session`)."""
+    maker = state.sessionmaker
+    read_only = request.method in READ_ONLY_METHODS
+    read_only = read_only or getattr(request.scope.get("endpoint"), _READS_ONLY_THROUGH_SESSION, False)
+    if read_only and state.read_sessionmaker is not None:
+        maker = state.read_sessionmaker
+    async for session in session_scope(maker):
         yield session
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+async def get_driver_transaction(state: StateDep) -> AsyncIterator[DriverTransaction]:
+    async for transaction in driver_scope(state.db_engine):
+        yield transaction
+
+
+DriverTransactionDep = Annotated[DriverTransaction, Depends(get_driver_transaction, scope="function")]
+"""The request's asyncpg transaction, for a hot write that bypasses SQLAlchemy (`db.driver_scope`)."""
 
 
 async def get_settings(state: StateDep) -> Settings:
@@ -51,13 +80,19 @@ bearer_scheme = HTTPBearer(auto_error=False, description="An API token: `Authori
 
 
 async def get_principal(
+    request: Request,
     state: StateDep,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> Principal:
+    checked: Principal | None = request.scope.get("state", {}).get(PRINCIPAL_KEY)
+    if checked is not None:  # the body guard authenticated this request before reading its body
+        return checked
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized()
-    return await authenticate(session, credentials.credentials, state.token_cache)
+    principal = await authenticate(session, credentials.credentials, state.token_cache)
+    log_config.bind(user_id=principal.user_id, job_id=principal.job_id)
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

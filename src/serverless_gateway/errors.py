@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from . import metrics
 from .storage.base import InvalidKey, ObjectNotFound, ObjectTooLarge, StorageError
 
 logger = logging.getLogger(__name__)
@@ -141,6 +145,38 @@ def _storage_answer(exc: StorageError) -> tuple[int, str]:
     return 503, "Storage is unavailable right now; try again later."
 
 
+_OUTAGE_SQLSTATES = frozenset(
+    {"57014", "57P01", "57P02", "57P03", "53300", "08000", "08001", "08003", "08004", "08006"}
+)
+"""Statement cancelled (timeout), server shutting down, too many connections, connection failures."""
+
+DATABASE_UNAVAILABLE = "The database is unavailable right now; try again later."
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """Timeouts and lost connections of the database: the dependency's fault (503), not a bug."""
+    if isinstance(exc, (sa_exc.TimeoutError, TimeoutError, ConnectionError)):
+        return True
+    # The run path speaks asyncpg directly (db.driver_scope): its errors arrive unwrapped.
+    if isinstance(exc, (asyncpg.InterfaceError, asyncpg.InternalClientError, asyncpg.PostgresConnectionError)):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        return getattr(exc, "sqlstate", None) in _OUTAGE_SQLSTATES
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, sa_exc.InterfaceError):
+            return True
+        return getattr(exc.orig, "sqlstate", None) in _OUTAGE_SQLSTATES
+    return False
+
+
+def error_body(message: str) -> bytes:
+    """The envelope as bytes, for answers sent below the framework (the ASGI middleware)."""
+    return ErrorBody(message=message).model_dump_json(exclude_none=True).encode()
+
+
+database_unavailable = is_database_outage
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Render every error, ours or the framework's, as `{"message", "errors"?}`."""
 
@@ -165,8 +201,24 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _storage_error(_: Request, exc: StorageError) -> JSONResponse:
         status, message = _storage_answer(exc)
         if status >= 500:
+            metrics.record_storage_error("api")
             logger.warning("storage error: %s", exc)
         return _envelope(status, ErrorBody(message=message))
+
+    async def _database_error(_: Request, exc: Exception) -> JSONResponse:
+        if not is_database_outage(exc):
+            # The driver's message may quote a bound value (an argument, a token): log the kind, statement and frames.
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+            statement = getattr(exc, "statement", None)
+            logger.error("unhandled database error %s in %r\n%s", type(exc).__name__, statement, frames)
+            return _envelope(500, ErrorBody(message="Internal server error."))
+        cause = getattr(getattr(exc, "orig", None), "__cause__", None)
+        logger.warning("database unavailable: %s%s", type(exc).__name__, f" ({type(cause).__name__})" if cause else "")
+        return _envelope(503, ErrorBody(message=DATABASE_UNAVAILABLE))
+
+    database_errors = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+    for kind in (sa_exc.SQLAlchemyError, TimeoutError, ConnectionError, *database_errors):
+        app.add_exception_handler(kind, _database_error)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Index,
     String,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -63,6 +64,7 @@ class User(Base):
 
     id: Mapped[uuid.UUID] = _uuid_pk()
     username: Mapped[str] = mapped_column(String(150), unique=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     created_at: Mapped[datetime] = _created_at()
 
 
@@ -73,6 +75,9 @@ class ApiToken(Base):
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = _created_at()
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Group(Base):
@@ -171,6 +176,7 @@ class Job(Base):
             "created_at",
             postgresql_where=text("status IN ('QUEUED', 'PENDING', 'RUNNING')"),
         ),
+        Index("ix_job_ray_unconfirmed", "author_id", postgresql_where=text("NOT ray_confirmed")),
     )
 
     id: Mapped[uuid.UUID] = _uuid_pk()
@@ -187,6 +193,8 @@ class Job(Base):
     logs_key: Mapped[str | None] = mapped_column(String(512))
     token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     stop_requested: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # Why the gateway itself asked for the stop (e.g. the run-time limit); None for a user's stop.
+    stop_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
@@ -195,6 +203,12 @@ class Job(Base):
     submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The Ray cluster the job was handed to (a `ray_cluster` row; None: the shared GATEWAY_RAY_ADDRESS cluster).
+    cluster_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    # Hash of the one-time code the launcher trades for the job's token, arguments and env vars.
+    bootstrap_hash: Mapped[str | None] = mapped_column(String(64))
+    # False while a job its launcher reported ended is still on Ray: it keeps its running slot until Ray agrees.
+    ray_confirmed: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
 
 
 class JobEvent(Base):
@@ -218,4 +232,64 @@ class RuntimeJob(Base):
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"))
     runtime_job: Mapped[str] = mapped_column(String(255))
     runtime_session: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = _created_at()
+
+
+class ClusterKind(enum.StrEnum):
+    LOCAL = "local"
+    STATIC = "static"
+
+
+class ClusterState(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+
+
+class RayCluster(Base):
+    """A Ray cluster the engine submits to: a sandboxed local head of one tenant, or an operator's cluster."""
+
+    __tablename__ = "ray_cluster"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    kind: Mapped[str] = mapped_column(String(16))
+    # Static clusters are named by the operator; local heads are named after nothing.
+    name: Mapped[str | None] = mapped_column(String(150), unique=True)
+    # The tenant a local head serves ("user:<id>" or "user:<id>/provider:<id>"); None for static clusters.
+    tenant: Mapped[str | None] = mapped_column(String(200), unique=True)
+    address: Mapped[str | None] = mapped_column(String(512))
+    token: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), server_default=ClusterState.STARTING.value)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    owner: Mapped[str | None] = mapped_column(String(200))
+    last_used_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    created_at: Mapped[datetime] = _created_at()
+
+
+class ClusterAssignment(Base):
+    """Which tenants run on an operator's cluster: a user's, a group's members' or a provider's jobs."""
+
+    __tablename__ = "cluster_assignment"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    cluster_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("ray_cluster.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), unique=True)
+    group_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("group.id", ondelete="CASCADE"), unique=True)
+    provider_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("provider.id", ondelete="CASCADE"), unique=True)
+class RunIdempotencyKey(Base):
+    """The job a user's `Idempotency-Key` created on `programs/run`, with a hash of the body it came with."""
+
+    __tablename__ = "run_idempotency_key"
+    __table_args__ = (
+        UniqueConstraint("user_id", "key", name="uq_run_idempotency_key_user_key"),
+        Index("ix_run_idempotency_key_created", "created_at"),
+        Index("ix_run_idempotency_key_job_id", "job_id"),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    # Set in the transaction that inserted the key; the key goes when its job does.
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = _created_at()

@@ -174,7 +174,7 @@ async def test_list_filters(app: FastAPI, client: AsyncClient, alice: TestUser, 
         {"created_after": "yesterday"},
         {"created_after": "2025-13-01T00:00:00Z"},
         {"limit": 0},
-        {"limit": 51},
+        {"limit": -3},
         {"limit": "ten"},
         {"offset": -1},
         {"offset": 10**20},
@@ -198,6 +198,21 @@ async def test_limit_bounds(app: FastAPI, client: AsyncClient, alice: TestUser) 
         await add_job(app, alice, program)
     assert len((await client.get(JOBS, headers=alice.headers, params={"limit": 1})).json()["results"]) == 1
     assert len((await client.get(JOBS, headers=alice.headers, params={"limit": 50})).json()["results"]) == 3
+
+
+@pytest.mark.parametrize("path", [JOBS, f"{JOBS}provider/"])
+async def test_a_limit_above_the_maximum_is_clamped(
+    app: FastAPI, client: AsyncClient, alice: TestUser, path: str
+) -> None:
+    program = await add_program(app, alice, "hello")
+    for _ in range(3):
+        await add_job(app, alice, program)
+    for limit in (51, 10**6, 10**20):
+        page = await client.get(path, headers=alice.headers, params={"limit": limit, "offset": 1})
+        assert page.status_code == 200, page.text
+        if path == JOBS:
+            assert len(page.json()["results"]) == 2
+            assert parse_qs(urlsplit(page.json()["previous"]).query)["limit"] == ["50"]  # the limit really used
 
 
 async def test_job_token_cannot_list(app: FastAPI, client: AsyncClient, alice: TestUser) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import TYPE_CHECKING
 
@@ -9,12 +10,22 @@ from fastapi import FastAPI
 from httpx import AsyncClient
 
 from serverless_gateway.services.results import RESULT_INLINE_MAX_BYTES
+from serverless_gateway.storage.base import Storage
 from tests.api.jobs_support import add_job, add_job_with_token, add_program, job_columns
 
 if TYPE_CHECKING:
     from tests.conftest import TestUser
 
 JOBS = "/api/v1/jobs/"
+
+
+async def removed(storage: Storage, key: str) -> None:
+    """Wait for the removal that runs after the commit (a task of its own) to be done."""
+    for _ in range(100):
+        if not await storage.exists(key):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{key} was not removed")
 
 
 async def test_large_result_goes_to_storage_and_reads_back(app: FastAPI, client: AsyncClient, alice: TestUser) -> None:
@@ -30,7 +41,9 @@ async def test_large_result_goes_to_storage_and_reads_back(app: FastAPI, client:
     assert saved.json()["result"] == value
     row = await job_columns(app, job_id)
     assert row.result is None
-    assert row.result_key == f"results/{job_id}.json"
+    assert row.result_key is not None
+    assert row.result_key.startswith(f"results/{job_id}/")
+    first_key = row.result_key
     assert await storage.get_bytes(row.result_key) == text.encode()
 
     assert (await client.get(f"{JOBS}{job_id}/", headers=alice.headers)).json()["result"] == value
@@ -43,7 +56,7 @@ async def test_large_result_goes_to_storage_and_reads_back(app: FastAPI, client:
     assert small.status_code == 200
     row = await job_columns(app, job_id)
     assert (row.result, row.result_key) == ('{"small": true}', None)
-    assert not await storage.exists(f"results/{job_id}.json")
+    await removed(storage, first_key)
     assert (await client.get(f"{JOBS}{job_id}/result/", headers=alice.headers)).json() == {"result": '{"small": true}'}
 
 
@@ -55,7 +68,7 @@ async def test_small_result_stays_inline(app: FastAPI, client: AsyncClient, alic
     assert saved.status_code == 200
     row = await job_columns(app, job_id)
     assert (row.result, row.result_key) == (text, None)
-    assert not await app.state.gateway.storage.exists(f"results/{job_id}.json")
+    assert await app.state.gateway.storage.list(f"results/{job_id}/") == []
 
 
 async def test_missing_stored_result_reads_as_none(app: FastAPI, client: AsyncClient, alice: TestUser) -> None:

@@ -6,6 +6,7 @@ import hashlib
 import tarfile
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from fastapi import FastAPI
@@ -156,6 +157,9 @@ async def test_dependency_allowlist(
         ({"env_vars": '{"A": 1}'}, "must be a string"),
         ({"env_vars": '{"1BAD": "x"}'}, "not a valid environment variable name"),
         ({"env_vars": "{oops"}, "not valid JSON"),
+        ({"env_vars": '{"DATA_PATH": "/"}'}, "set by the gateway for every job"),
+        ({"env_vars": '{"ENV_JOB_GATEWAY_TOKEN": "x"}'}, "set by the gateway for every job"),
+        ({"env_vars": '{"GATEWAY_DATA_FUNCTION": "other"}'}, "set by the gateway for every job"),
         ({"arguments_schema": "{oops"}, "not valid JSON"),
         ({"arguments_schema": '{"type": 5}'}, "not a valid JSON Schema"),
         ({"arguments_schema": "[1]"}, "object or a boolean"),
@@ -341,7 +345,34 @@ async def test_storage_outage_answers_503(
     monkeypatch.setattr(app.state.gateway, "storage", Unreachable())
     response = await post_upload(client, alice, tar_of(MAIN))
     assert response.status_code == 503
-    assert "storage is unavailable" in response.json()["message"]
+    assert "storage is unavailable" in response.json()["message"].lower()
     monkeypatch.undo()
     listing = await client.get("/api/v1/programs/", headers=alice.headers)
     assert listing.json() == []  # nothing half-made
+
+
+@pytest.mark.parametrize("title", ["bad title!<>", "..", "x" * 256, "é", "a;b", "tab\there", "a/b/c", ""])
+async def test_titles_are_safe_names(client: AsyncClient, alice: conftest.TestUser, title: str) -> None:
+    response = await client.post(
+        UPLOAD,
+        headers=alice.headers,
+        data={"title": title, "entrypoint": "main.py"},
+        files={"artifact": ("a.tar", tar_of(MAIN), "application/x-tar")},
+    )
+    assert response.status_code == 400, response.text
+    if title:
+        assert "letters, digits" in response.json()["message"] or "one slash" in response.json()["message"]
+    for method, path, kwargs in (
+        ("POST", "/api/v1/programs/run/", {"json": {"title": title or "x", "provider": "a b"}}),
+        ("POST", "/api/v1/programs/run/", {"json": {"title": title}}),
+        ("GET", f"/api/v1/programs/get_by_title/{quote(title or '..', safe='/').replace('.', '%2E')}/", {}),
+        ("GET", "/api/v1/jobs/", {"params": {"function": title or ".."}}),
+    ):
+        answer = await client.request(method, path, headers=alice.headers, **kwargs)
+        assert answer.status_code == 400, (method, path, answer.text)
+
+
+async def test_safe_titles_pass(client: AsyncClient, alice: conftest.TestUser) -> None:
+    for title in ("a", "A-b_c.1", "x" * 255, "v1.2.3"):
+        assert (await post_upload(client, alice, tar_of(MAIN), title=title)).status_code == 200, title
+        assert (await client.get(f"/api/v1/programs/get_by_title/{title}/", headers=alice.headers)).status_code == 200

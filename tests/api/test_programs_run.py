@@ -315,3 +315,56 @@ async def test_validate_arguments_with_a_boolean_schema(client: AsyncClient, ali
     assert shown["arguments_schema"] is False
     response = await client.post(VALIDATE, headers=alice.headers, json={"title": "closed", "arguments": {}})
     assert response.status_code == 400
+
+
+REDOS_SCHEMA = json.dumps({"type": "object", "properties": {"s": {"type": "string", "pattern": "^(a+)+$"}}})
+
+
+async def test_a_catastrophic_pattern_neither_hangs_nor_blocks_liveness(
+    client: AsyncClient, alice: conftest.TestUser
+) -> None:
+    await upload_program(client, alice, "redos", arguments_schema=REDOS_SCHEMA)
+    attack = {"title": "redos", "arguments": json.dumps({"s": "a" * 34 + "!"})}
+    warm = await client.post(VALIDATE, headers=alice.headers, json={"title": "redos", "arguments": {"s": "aa"}})
+    assert warm.status_code == 200  # first calls import and build things once; the attacks come after
+    started = asyncio.get_running_loop().time()
+    attacks = [asyncio.create_task(client.post(VALIDATE, headers=alice.headers, json=attack)) for _ in range(6)]
+    liveness = []
+    while not all(task.done() for task in attacks) or len(liveness) < 5:
+        began = asyncio.get_running_loop().time()
+        assert (await client.get("/api/v1/liveness/")).status_code == 200
+        liveness.append(asyncio.get_running_loop().time() - began)
+        await asyncio.sleep(0.01)  # let the attacks run between probes
+    answers = await asyncio.gather(*attacks)
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert [answer.status_code for answer in answers] == [400] * 6
+    assert "does not match" in answers[0].json()["message"]
+    # In-process the first probe also waits for the six requests' own loop work (parsing, queries) to start;
+    # every later one runs beside validations in flight. (bench/hostile_bench.py measures a real server.)
+    assert max(liveness[1:]) < 0.1, liveness
+    assert liveness[0] < 1.0, liveness
+    run = await client.post(RUN, headers=alice.headers, json=attack)
+    assert run.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("schema", "expected"),
+    [
+        ({"properties": {"s": {"pattern": "(a)\\1"}}}, "is not supported"),
+        ({"patternProperties": {"(?=x)": {}}}, "is not supported"),
+        ({"description": "x" * 300_000}, "at most 262144 bytes"),
+        ({"properties": {f"p{i}": {"pattern": f"^{i}$"} for i in range(65)}}, "at most 64 regular expressions"),
+    ],
+)
+async def test_schemas_the_gateway_cannot_run_safely_are_refused_at_upload(
+    client: AsyncClient, alice: conftest.TestUser, schema: dict[str, Any], expected: str
+) -> None:
+    response = await client.post(
+        "/api/v1/programs/upload/",
+        headers=alice.headers,
+        data={"title": "bad-schema", "entrypoint": "main.py", "arguments_schema": json.dumps(schema)},
+        files={"artifact": ("a.tar", conftest.make_tar({"main.py": "print(1)\n"}), "application/x-tar")},
+    )
+    assert response.status_code == 400, response.text
+    assert expected in response.json()["message"]
+

@@ -65,7 +65,7 @@ def _clean_database() -> None:
     """Replaces the API tests' per-test TRUNCATE: this suite has its own database and gateway."""
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def venv_build() -> Iterator[subprocess.Popen[str] | None]:
     """Start building (or finding) the client's cached virtualenv at once; it overlaps the gateway's start."""
     if os.environ.get("GATEWAY_COMPAT_PYTHON"):
@@ -80,7 +80,7 @@ def venv_build() -> Iterator[subprocess.Popen[str] | None]:
         process.communicate()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def client_python(venv_build: subprocess.Popen[str] | None) -> str:
     """The official client's python: GATEWAY_COMPAT_PYTHON, else the cached venv from scripts/compat-venv.sh."""
     if venv_build is None:
@@ -219,7 +219,7 @@ def _stop_gateway(gateway: Gateway) -> list[str]:
     return problems
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def gateway(venv_build: subprocess.Popen[str] | None) -> Iterator[Gateway]:
     """`serverless-gateway serve` on a free port with a throwaway database; it starts its own Ray head."""
     base, server = server_url()
@@ -233,6 +233,12 @@ def gateway(venv_build: subprocess.Popen[str] | None) -> Iterator[Gateway]:
         GATEWAY_DATA_DIR=str(data_dir),
         GATEWAY_MAX_RUNNING_JOBS_PER_USER=str(RUNNING_CAP_PER_USER),
         GATEWAY_DEPENDENCY_ALLOWLIST=json.dumps(DEPENDENCY_ALLOWLIST),
+        # This suite checks what the official client sends and reads, with eight users at once. Under isolation
+        # each of them (and each provider pair) starts a sandboxed head of ~700 MiB and builds its own pip
+        # environment: on two cores that is minutes of start-up the client's behaviour does not depend on.
+        # Isolation has its own suite over the REST API (tests/engine/test_isolation.py); set
+        # GATEWAY_COMPAT_ISOLATION=required to run this suite on sandboxed tenant heads too.
+        GATEWAY_ISOLATION=os.environ.get("GATEWAY_COMPAT_ISOLATION", "shared"),
         PYTHONUNBUFFERED="1",
     )
     log_path = data_dir / "gateway.log"
@@ -281,7 +287,7 @@ def _cli_all(gateway: Gateway, commands: list[tuple[str, ...]]) -> list[str]:
         return list(pool.map(lambda command: gateway.cli(*command), commands))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def accounts(gateway: Gateway) -> dict[str, str]:
     """Users, groups and a provider made with the CLI, as an operator would; name -> token.
 
@@ -378,7 +384,7 @@ class Runner:
         return data
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def runner(gateway: Gateway, accounts: dict[str, str], client_python: str) -> Iterator[Runner]:
     workdir = Path(tempfile.mkdtemp(prefix="gwc-scenarios-"))
     yield Runner(gateway=gateway, python=client_python, workdir=workdir)
@@ -491,7 +497,7 @@ class Scenarios:
         return self.provider_future.result(timeout=900)
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def scenarios(runner: Runner) -> Iterator[Scenarios]:
     """Start the docs example and the in-job scenario first: their jobs install qiskit-serverless (once)."""
     tokens = runner.gateway.tokens

@@ -48,7 +48,7 @@ async def ray_head(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Lo
 
 
 def engine_settings_for(
-    base: Settings, *, ray_address: str, port: int, data_dir: Path, **overrides: object
+    base: Settings, *, ray_address: str | None, port: int, data_dir: Path, **overrides: object
 ) -> Settings:
     values: dict[str, object] = {
         "ray_address": ray_address,
@@ -179,12 +179,14 @@ async def wait_all_terminal(state: GatewayState, job_ids: Iterable[uuid.UUID], *
 def tune_live(live: LiveGateway) -> Iterator[Callable[..., None]]:
     """Change the live gateway's settings for one test (the engine reads them on every pass)."""
     original = live.state.settings
+    engine = live.state.engine
+    assert isinstance(engine, EngineRuntime)  # its state is the API's but for its own database pool
 
     def tune(**changes: object) -> None:
-        live.state.settings = original.model_copy(update=changes)
+        live.state.settings = engine.state.settings = original.model_copy(update=changes)
 
     yield tune
-    live.state.settings = original
+    live.state.settings = engine.state.settings = original
 
 
 async def add_program_row(

@@ -5,15 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
-from serverless_gateway.engine.local_ray import STATE_FILE, TRASH_PREFIX, LocalRayHead
+from serverless_gateway.engine import local_ray
+from serverless_gateway.engine.local_ray import START_OUTPUT, STATE_FILE, TRASH_PREFIX, LocalRayHead, RayStartError
+from tests.cli_support import cli_env, serving
 
 pytestmark = pytest.mark.ray
 
@@ -137,3 +143,73 @@ async def test_a_head_another_live_gateway_owns_is_left_to_it(ray_head: LocalRay
     finally:
         owner.kill()
         owner.wait()
+
+
+def path_of_length(base: Path, length: int) -> Path:
+    """A path under `base` exactly `length` characters long (its last part padded)."""
+    pad = length - len(str(base)) - 1
+    assert pad > 0, (base, length)
+    return base / ("x" * pad)
+
+
+async def test_the_shared_head_starts_wherever_its_data_dir_lives() -> None:
+    # The reported failure: clone paths of 16-19 characters gave temp dirs just under the old length check, whose
+    # socket paths passed Ray's 107-byte AF_UNIX limit. Every depth must start, whatever the temp root's length.
+    base = Path(tempfile.mkdtemp(prefix="d", dir="/tmp"))
+    heads = [LocalRayHead(path_of_length(base, depth), num_cpus=1) for depth in (17, 20, 33, 130)]
+    try:
+        urls = await asyncio.gather(*(head.start() for head in heads))
+        for head, url in zip(heads, urls, strict=True):
+            assert await answers(url)
+            assert head.temp_dir is not None
+            deepest = f"{head.temp_dir}/session_2026-12-01_20-25-00_123456_1234567/sockets/dash_MetricsHead"
+            assert len(deepest) <= 107, deepest
+    finally:
+        await asyncio.gather(*(head.stop() for head in heads))
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_a_deterministic_start_failure_fails_fast_quotes_ray_and_keeps_its_logs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Give Ray a temp dir too deep for its sockets on purpose (the old length check's mistake).
+    monkeypatch.setattr(local_ray, "_MAX_TEMP_DIR_CHARS", 1000)
+    base = Path(tempfile.mkdtemp(prefix="d", dir="/tmp"))
+    head = LocalRayHead(path_of_length(base, 70), num_cpus=1)
+    started = time.monotonic()
+    try:
+        with pytest.raises(RayStartError) as caught:
+            await head.start()
+        elapsed = time.monotonic() - started
+        message = str(caught.value)
+        assert caught.value.deterministic, message
+        assert "AF_UNIX path length cannot exceed" in message  # Ray's own root-cause line, quoted
+        assert "fix:" in message
+        assert "GATEWAY_RAY_ADDRESS" not in message
+        assert elapsed < 60, elapsed  # one try, not three tries of a minute each
+        kept = Path(message.rsplit("Ray's logs are kept in ", 1)[1].rstrip(")"))
+        assert "AF_UNIX path length" in (kept / START_OUTPUT).read_text()  # what `ray start` said, kept
+        assert (kept / "session_latest" / "logs").is_dir()  # and Ray's own logs beside it
+        assert [p for p in psutil.process_iter(["cmdline"]) if str(kept) in " ".join(p.info["cmdline"] or [])] == []
+    finally:
+        await head.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_signal_during_the_heads_start_stops_serve_within_seconds(database_url: str, tmp_path: Path) -> None:
+    env = cli_env(database_url=database_url, data_dir=str(tmp_path / "data"), isolation="shared")
+    with serving(env, tmp_path) as served:
+        deadline = time.monotonic() + 60
+        while "starting a local Ray head" not in served.output():
+            assert served.process.poll() is None, served.output()
+            assert time.monotonic() < deadline, served.output()
+            time.sleep(0.1)
+        time.sleep(1.0)  # `ray start` is under way
+        began = time.monotonic()
+        served.process.send_signal(signal.SIGTERM)
+        served.process.wait(timeout=30)
+        assert time.monotonic() - began < 8, served.output()
+    leftover = [
+        p for p in psutil.process_iter(["cmdline"]) if str(tmp_path / "data") in " ".join(p.info["cmdline"] or [])
+    ]
+    assert leftover == [], [p.info["cmdline"] for p in leftover]

@@ -37,11 +37,13 @@ async def test_job_reads_arguments_and_saves_result(live: LiveGateway, gw: httpx
     job = await wait_status(live.state, job_id, {JobStatus.SUCCEEDED})
 
     assert json.loads(job.result or "null") == {"sum": 42, "job": str(job_id)}
+    assert job.message is None  # nothing left of "preparing its runtime environment"
     assert job.started_at is not None
     assert job.finished_at is not None
     assert job.submitted_at is not None
     assert job.token_hash is None
-    assert job.logs_key == f"logs/{job_id}.log"
+    assert job.logs_key is not None
+    assert job.logs_key.startswith(f"logs/{job_id}/")
     logs = (await gw.get(f"/api/v1/jobs/{job_id}/logs/", headers=alice.headers)).json()["logs"]
     assert "adding 2 40" in logs
     result = await gw.get(f"/api/v1/jobs/{job_id}/result/", headers=alice.headers)
@@ -226,6 +228,30 @@ async def test_a_large_result_through_the_logs_is_kept_in_storage(
 
     job = await wait_status(live.state, job_id, {JobStatus.SUCCEEDED})
 
-    assert (job.result, job.result_key) == (None, f"results/{job_id}.json"), "over 256 KiB: stored, not inline"
+    assert job.result is None, "over 256 KiB: stored, not inline"
+    assert job.result_key is not None
+    assert job.result_key.startswith(f"results/{job_id}/")
     answer = await gw.get(f"/api/v1/jobs/{job_id}/result/", headers=alice.headers)
     assert json.loads(answer.json()["result"]) == {"big": "x" * 300_000}
+
+
+async def test_a_programs_files_are_hashed_and_uploaded_once_per_cluster(
+    live: LiveGateway, gw: httpx.AsyncClient, alice: TestUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ray.dashboard.modules import dashboard_sdk
+
+    hashed: list[str] = []
+    original = dashboard_sdk.get_uri_for_directory
+
+    def counting(directory: object, *args: object, **kwargs: object) -> str:
+        hashed.append(str(directory))
+        return str(original(directory, *args, **kwargs))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dashboard_sdk, "get_uri_for_directory", counting)
+    # Unlike any other program of this session: its working dir is new to the cluster.
+    await upload(gw, alice, "once", {"main.py": f"print('{uuid.uuid4().hex}')\n", "data.bin": b"x" * 200_000})
+    jobs = [await run_job(gw, alice, "once") for _ in range(3)]
+    for job_id in jobs:
+        await wait_status(live.state, job_id, {JobStatus.SUCCEEDED}, timeout=120)
+    program_dirs = [path for path in hashed if "programs" in path]
+    assert len(program_dirs) == 1, hashed  # the first job's submission only, not one per job

@@ -12,6 +12,7 @@ import pytest
 from serverless_gateway.engine.runtime import EngineRuntime
 from serverless_gateway.engine.submission import submission_id_for
 from serverless_gateway.models import JobStatus
+from serverless_gateway.repositories.engine import PREPARING_MESSAGE
 from tests.conftest import TestUser
 from tests.engine.conftest import LiveGateway, job_row, run_job, upload, wait_status
 
@@ -80,6 +81,13 @@ async def test_uninstallable_dependency_fails_and_a_pending_job_stops(
     while (state := await ray.job_state(submission_id_for(pending))) is None or state.status != "PENDING":
         assert time.monotonic() < deadline, f"Ray never reported the job PENDING: {state}"
         await asyncio.sleep(0.2)
+    # What its user sees meanwhile: why it is still PENDING.
+    while (shown := (await gw.get(f"/api/v1/jobs/{pending}/", headers=alice.headers)).json())["status"] == "PENDING":
+        if shown.get("message") == PREPARING_MESSAGE:
+            break
+        assert time.monotonic() < deadline, shown
+        await asyncio.sleep(0.1)
+    assert shown["message"] == PREPARING_MESSAGE, shown
     await stop(gw, alice, pending)
     stopped = await wait_status(live.state, pending, {JobStatus.STOPPED}, timeout=300)
     assert stopped.started_at is None

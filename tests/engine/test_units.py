@@ -144,7 +144,9 @@ def recorder() -> Iterator[str]:
     server.shutdown()
 
 
-def run_launcher(tmp_path: Path, program: str, host: str, *, arguments: str = "{}") -> subprocess.CompletedProcess[str]:
+def run_launcher(
+    tmp_path: Path, program: str, host: str, *, arguments: str = "{}", extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     package = tmp_path / "pkg" / "serverless_gateway_job"
     package.mkdir(parents=True)
     shutil.copy(launcher.__file__, package / "__main__.py")
@@ -160,6 +162,7 @@ def run_launcher(tmp_path: Path, program: str, host: str, *, arguments: str = "{
         "ENV_JOB_ID_GATEWAY": "job-1",
         "GATEWAY_RESULT_SEND_ATTEMPTS": "1",
         "PATH": "/usr/bin:/bin",
+        **(extra_env or {}),
     }
     return subprocess.run(
         [sys.executable, "-m", "serverless_gateway_job", "main.py"],
@@ -186,8 +189,22 @@ def test_launcher_runs_the_entrypoint_and_posts_the_result(tmp_path: Path, recor
     assert done.returncode == 0, done.stderr
     assert "done" in done.stdout
     assert _Recorder.received == [
-        {"path": "/api/v1/jobs/job-1/result/", "auth": "Bearer gwjob_secret", "body": {"result": '{"twice": 42}'}}
+        {"path": "/api/v1/jobs/job-1/result/", "auth": "Bearer gwjob_secret", "body": {"result": '{"twice": 42}'}},
+        # then the end, so the gateway finishes the job without waiting for Ray's status
+        {"path": "/api/v1/jobs/job-1/ended/", "auth": "Bearer gwjob_secret", "body": {"exit_code": 0}},
     ]
+
+
+def test_data_path_is_always_a_fresh_scratch_dir_of_the_job(tmp_path: Path, recorder: str) -> None:
+    shared = tmp_path / "someone-elses-files"
+    shared.mkdir()
+    program = "import os\nprint('DATA_PATH=' + os.environ['DATA_PATH'])\nopen(os.environ['DATA_PATH'] + '/x', 'w')\n"
+    done = run_launcher(tmp_path, program, recorder, extra_env={"DATA_PATH": str(shared)})
+    assert done.returncode == 0, done.stderr
+    data_path = done.stdout.split("DATA_PATH=", 1)[1].split()[0]
+    assert data_path != str(shared)
+    assert "gateway-job-" in data_path
+    assert list(shared.iterdir()) == []
 
 
 def test_launcher_keeps_exit_codes_and_shows_the_users_traceback(tmp_path: Path, recorder: str) -> None:
@@ -197,14 +214,14 @@ def test_launcher_keeps_exit_codes_and_shows_the_users_traceback(tmp_path: Path,
     assert 'main.py", line 3' in failing.stderr
     assert "runpy" not in failing.stderr
     assert run_launcher(tmp_path / "b", "import sys\nsys.exit(3)\n", recorder).returncode == 3
-    assert _Recorder.received == []
+    assert [r["body"] for r in _Recorder.received] == [{"exit_code": 1}, {"exit_code": 3}]  # ends only, no result
 
 
 def test_launcher_refuses_a_result_that_is_not_json(tmp_path: Path, recorder: str) -> None:
     done = run_launcher(tmp_path, "import os\nopen(os.environ['RESULTS_PATH'], 'w').write('nope')\n", recorder)
     assert done.returncode == 1
     assert "not valid JSON" in done.stderr
-    assert _Recorder.received == []
+    assert [r["path"] for r in _Recorder.received] == ["/api/v1/jobs/job-1/ended/"]  # no result was sent
 
 
 def test_launcher_prints_the_result_when_the_gateway_is_unreachable(tmp_path: Path) -> None:
@@ -218,3 +235,55 @@ def test_launcher_fails_the_job_when_the_gateway_refuses_the_result(tmp_path: Pa
     done = run_launcher(tmp_path, SAVING, recorder, arguments='{"x": 1}')
     assert done.returncode == 1
     assert "refused the result (413)" in done.stderr
+
+
+def test_the_data_sync_never_uploads_through_a_symlink(tmp_path: Path, recorder: str) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    secret = tmp_path / "outside.txt"
+    secret.write_text("not the job's")
+    (data / "leak").symlink_to(secret)
+    (data / "own.txt").write_text("the job's")
+    sync = launcher.DataSync(host=recorder, token="gwjob_secret", function="fn", provider="", data_path=str(data))
+    assert sync.changed() == ["own.txt"]  # a link is not listed
+    with pytest.raises(OSError, match="symbolic links"):  # nor read, should one be swapped in after the listing
+        sync.upload("leak")
+    assert _Recorder.received == []
+
+
+class _PackagesOnACluster:
+    """Ray's client as `RayJobs._package_uri` uses it: the cluster may drop a package nobody used lately."""
+
+    def __init__(self) -> None:
+        self.stored: set[str] = set()
+        self.uploads: list[str] = []
+
+    def _package_exists(self, uri: str) -> bool:
+        return uri in self.stored
+
+    def _upload_package_if_needed(self, path: str, *, include_gitignore: bool, include_parent_dir: bool) -> str:
+        self.uploads.append(path)
+        uri = f"gcs://_ray_pkg_{abs(hash(path))}.zip"
+        self.stored.add(uri)
+        return uri
+
+
+def test_package_uris_are_reused_and_uploaded_again_once_ray_dropped_them(tmp_path: Path) -> None:
+    from serverless_gateway.engine.ray_client import RayJobs
+
+    workdir, module = tmp_path / "work", tmp_path / "launcher"
+    workdir.mkdir()
+    module.mkdir()
+    client = _PackagesOnACluster()
+    ray = RayJobs("http://127.0.0.1:9")
+    env = {"working_dir": str(workdir), "py_modules": [str(module)], "env_vars": {"A": "1"}}
+    first = ray._with_package_uris(client, env)
+    assert first["working_dir"].startswith("gcs://")
+    assert first["py_modules"][0].startswith("gcs://")
+    assert first["env_vars"] == {"A": "1"}
+    assert env["working_dir"] == str(workdir)  # the caller's dict is left alone
+    assert ray._with_package_uris(client, env) == first
+    assert client.uploads == [str(workdir), str(module)]  # hashed and uploaded once each
+    client.stored.clear()  # Ray garbage-collected them
+    assert ray._with_package_uris(client, env) == first
+    assert client.uploads == [str(workdir), str(module)] * 2

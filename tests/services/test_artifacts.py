@@ -127,10 +127,13 @@ def test_member_count_limit() -> None:
 
 
 def test_unpacked_size_limit() -> None:
-    limits = ArtifactLimits(max_members=10, max_unpacked_bytes=100)
-    inspect(tar_of(("main.py", bytes(100))), limits=limits)
-    with pytest.raises(ArtifactRejected, match="unpacks to more than 100 bytes"):
-        inspect(tar_of(("main.py", bytes(60)), ("b.bin", bytes(41))), limits=limits)
+    limits = ArtifactLimits(max_members=10, max_unpacked_bytes=2048)
+    inspect(tar_of(("main.py", bytes(1024))), limits=limits)  # a 512-byte header and 1024 bytes of data
+    with pytest.raises(ArtifactRejected, match="unpacks to more than 2048 bytes .at member 'b.bin'"):
+        inspect(tar_of(("main.py", bytes(1000)), ("b.bin", bytes(1049))), limits=limits)
+    # Headers count too: two 600-byte files take 512 + 1024 bytes each in the tar stream.
+    with pytest.raises(ArtifactRejected, match="unpacks to more than 2048 bytes .headers included"):
+        inspect(tar_of(("main.py", bytes(600)), ("b.bin", bytes(600))), limits=limits)
 
 
 @pytest.mark.parametrize(

@@ -179,3 +179,14 @@ async def test_listing_rejects_climbing_prefixes(backend: Backend) -> None:
 
 async def test_check_passes_on_a_healthy_backend(backend: Backend) -> None:
     await backend.storage.check()
+
+
+async def test_open_stream_from_a_byte_offset(backend: Backend) -> None:
+    storage = backend.storage
+    await storage.put_bytes("ranged.txt", b"0123456789")
+    assert b"".join([c async for c in storage.open_stream("ranged.txt", start=3, chunk_size=4)]) == b"3456789"
+    assert b"".join([c async for c in storage.open_stream("ranged.txt", start=0)]) == b"0123456789"
+    assert [c async for c in storage.open_stream("ranged.txt", start=10)] == []
+    assert [c async for c in storage.open_stream("ranged.txt", start=99)] == []
+    with pytest.raises(ObjectNotFound):
+        _ = [c async for c in storage.open_stream("no/such.txt", start=5)]

@@ -9,7 +9,7 @@ from urllib.parse import quote
 from fastapi import Query, Request
 from fastapi.responses import StreamingResponse
 
-from ..deps import PrincipalDep, SessionDep, SettingsDep, StorageDep
+from ..deps import PrincipalDep, SessionDep, SettingsDep, StateDep, StorageDep
 from ..errors import error_responses
 from ..schemas.common import Message
 from ..schemas.files import FileListOut, FileUploadOut
@@ -18,9 +18,6 @@ from .routing import SlashRouter
 from .upload_stream import MultipartFileStream
 
 router = SlashRouter(prefix="/files", tags=["files"])
-
-FORM_OVERHEAD_BYTES = 1024 * 1024
-"""Room for multipart framing and other fields beside the file itself."""
 
 FunctionQuery = Annotated[
     str, Query(min_length=1, max_length=512, description="The function's title (or `provider/title`).")
@@ -85,6 +82,7 @@ def _add_routes(base: str, resolve: ScopeResolver, *, whose: str, name: str) -> 
 
     async def upload_file(
         request: Request,
+        state: StateDep,
         session: SessionDep,
         storage: StorageDep,
         settings: SettingsDep,
@@ -95,13 +93,22 @@ def _add_routes(base: str, resolve: ScopeResolver, *, whose: str, name: str) -> 
         scope = await resolve(session, principal=principal, function=function, provider=provider)
         # The access check is done: give the database connection back before a possibly long transfer.
         await session.commit()
-        limit = settings.max_upload_bytes
-        upload = MultipartFileStream(request, field="file", max_body_bytes=limit + FORM_OVERHEAD_BYTES)
+        upload = MultipartFileStream(request, field="file")
         filename = service.check_file_name(await upload.open())
-        size = await service.upload_file(storage, scope, name=filename, chunks=upload.chunks(), max_bytes=limit)
+        declared = request.headers.get("content-length", "")
+        limits = service.FileLimits(
+            max_upload_bytes=settings.max_upload_bytes,
+            expected_bytes=int(declared) if declared.isdigit() else None,
+            max_files_per_function=settings.max_files_per_function,
+            max_space_bytes=settings.max_file_bytes_per_user,
+        )
+        size = await service.upload_file(
+            storage, state.file_usage, scope, name=filename, chunks=upload.chunks(), limits=limits
+        )
         return FileUploadOut(message=f"File {filename!r} uploaded.", file=filename, size=size)
 
     async def delete_file(
+        state: StateDep,
         session: SessionDep,
         storage: StorageDep,
         principal: PrincipalDep,
@@ -110,7 +117,7 @@ def _add_routes(base: str, resolve: ScopeResolver, *, whose: str, name: str) -> 
         provider: ProviderQuery = None,
     ) -> Message:
         scope = await resolve(session, principal=principal, function=function, provider=provider)
-        await service.delete_file(storage, scope, file)
+        await service.delete_file(storage, state.file_usage, scope, file)
         return Message(message=f"File {file!r} deleted.")
 
     router.add_api_route(
@@ -150,7 +157,7 @@ def _add_routes(base: str, resolve: ScopeResolver, *, whose: str, name: str) -> 
         name=f"{name}_upload",
         response_model=FileUploadOut,
         summary=f"Upload (or replace) one of {whose} files of a function: multipart field `file`",
-        responses=error_responses(400, 401, 404, 413, 503),
+        responses=error_responses(400, 401, 404, 413, 429, 503),
         openapi_extra=_UPLOAD_BODY,
     )
     router.add_api_route(

@@ -1,16 +1,16 @@
-"""Bodies the jobs endpoints read by hand: the same fields as JSON or as a form, with a size limit."""
+"""Bodies the jobs endpoints read by hand: the same fields as JSON or as a form."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 from starlette.datastructures import UploadFile
-from starlette.types import Message
 
-from ..errors import BadRequest, PayloadTooLarge
+from ..errors import BadRequest
 from ..schemas.jobs import SubStatus
+from ..services.json_check import loads_off_loop
+from .body_guard import body_limit
 
 
 def form_or_json_body(schema: dict[str, Any], *, required: bool) -> dict[str, Any]:
@@ -27,6 +27,7 @@ RESULT_BODY = form_or_json_body(
         "type": "object",
         "required": ["result"],
         "properties": {"result": {"type": "string", "description": "The result as a JSON string."}},
+        "examples": [{"result": '{"counts": {"00": 512, "11": 512}}'}],
     },
     required=True,
 )
@@ -35,6 +36,7 @@ SUB_STATUS_BODY = form_or_json_body(
         "type": "object",
         "required": ["sub_status"],
         "properties": {"sub_status": {"type": "string", "enum": [s.value for s in SubStatus]}},
+        "examples": [{"sub_status": SubStatus.MAPPING.value}],
     },
     required=True,
 )
@@ -46,6 +48,7 @@ STOP_BODY = {
                 "schema": {
                     "type": "object",
                     "properties": {"service": {"description": "Ignored: the client's runtime service, JSON-encoded."}},
+                    "examples": [{}],
                 }
             }
         },
@@ -53,33 +56,15 @@ STOP_BODY = {
 }
 
 
-def limited_body(request: Request, limit: int) -> Request:
-    """The same request, refusing (413) a body larger than `limit` bytes, by Content-Length or while reading."""
-    message = f"The request body is larger than the limit of {limit} bytes."
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(message)
-    received = 0
-    receive = request.receive
+async def read_fields(request: Request) -> dict[str, Any]:
+    """A JSON object body or a form body (url-encoded or multipart) as a dict; {} when there is no body.
 
-    async def counting_receive() -> Message:
-        nonlocal received
-        chunk = await receive()
-        if chunk["type"] == "http.request":
-            received += len(chunk.get("body", b""))
-            if received > limit:
-                raise PayloadTooLarge(message)
-        return chunk
-
-    return Request(request.scope, counting_receive)
-
-
-async def read_fields(request: Request, *, limit: int) -> dict[str, Any]:
-    """A JSON object body or a form body (url-encoded or multipart) as a dict; {} when there is no body."""
-    limited = limited_body(request, limit)
+    The body guard (`api/body_guard.py`) has already bounded the body; one form field may fill all of it.
+    """
+    max_part_bytes = body_limit(request.method, request.url.path, request.app.state.gateway.settings).max_bytes
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await limited.form(max_part_size=limit)
+        form = await request.form(max_part_size=max_part_bytes)
         fields: dict[str, Any] = {}
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
@@ -88,13 +73,17 @@ async def read_fields(request: Request, *, limit: int) -> dict[str, Any]:
                 fields[name] = value
         await form.close()
         return fields
-    body = await limited.body()
+    body = await request.body()
     if not body.strip():
         return {}
-    try:
-        parsed = json.loads(body)
+    try:  # a result body can be tens of MiB: decoding it would hold the event loop for a second
+        parsed = await loads_off_loop(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadRequest("Invalid request: the body is neither JSON nor a form.") from None
     if not isinstance(parsed, dict):
         raise BadRequest("Invalid request: the body must be a JSON object.")
     return parsed
+
+
+BodyFieldsDep = Annotated[dict[str, Any], Depends(read_fields)]
+"""The body's fields; list it before the session so no database connection waits on a slow client."""

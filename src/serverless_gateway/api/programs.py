@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import File, Form, Query, Request, Response, UploadFile
-from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Message
+from fastapi import File, Form, Header, Query, Response, UploadFile
 
-from ..deps import SessionDep, SettingsDep, StateDep, StorageDep, UserDep
+from ..deps import (
+    DriverTransactionDep,
+    SessionDep,
+    SettingsDep,
+    StateDep,
+    StorageDep,
+    UserDep,
+    reads_only_through_session,
+)
 from ..errors import PayloadTooLarge, error_responses
 from ..schemas.programs import (
     ProgramFilter,
@@ -20,46 +24,12 @@ from ..schemas.programs import (
     ValidateArgumentsOut,
     ValidateArgumentsRequest,
 )
+from ..services import idempotent_runs
 from ..services import programs as service
 from ..services.program_inputs import PROVIDER_PATTERN
 from .routing import SlashRouter
 
 router = SlashRouter(prefix="/programs", tags=["programs"])
-
-FORM_OVERHEAD_BYTES = 1024 * 1024
-"""Room for the form fields and multipart framing beside the artifact itself."""
-
-
-class UploadSizeLimitRoute(APIRoute):
-    """Refuses an upload whose body exceeds the artifact limit: by Content-Length first, else while reading."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def limited(request: Request) -> Response:
-            limit = request.app.state.gateway.settings.max_artifact_bytes
-            message = f"The artifact is larger than the limit of {limit} bytes."
-            body_limit = limit + FORM_OVERHEAD_BYTES
-            declared = request.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > body_limit:
-                raise PayloadTooLarge(message)
-            received = 0
-            receive = request.receive
-
-            async def counting_receive() -> Message:
-                nonlocal received
-                chunk = await receive()
-                if chunk["type"] == "http.request":
-                    received += len(chunk.get("body", b""))
-                    if received > body_limit:
-                        # An HTTPException is the one error FastAPI lets through its body parsing unchanged.
-                        raise StarletteHTTPException(413, message)
-                return chunk
-
-            return await handler(Request(request.scope, counting_receive))
-
-        return limited
-
 
 @router.get(
     "/",
@@ -101,24 +71,33 @@ async def upload(
     storage: StorageDep,
     settings: SettingsDep,
     user: UserDep,
-    title: Annotated[str, Form(description="Program title, or `provider/title`.")],
+    title: Annotated[str, Form(description="Program title, or `provider/title`.", examples=["hello-world"])],
     entrypoint: Annotated[
-        str | None, Form(description="Path of the script to run, inside the artifact (required).")
+        str | None, Form(description="Path of the script to run, inside the artifact (required).", examples=["main.py"])
     ] = None,
     artifact: Annotated[
         UploadFile | None, File(description="A tar archive (plain or gzip) holding the entrypoint (required).")
     ] = None,
     dependencies: Annotated[
         list[str] | None,
-        Form(description='PEP 508 requirements: one JSON list string (`["qiskit>=1"]`) or repeated fields.'),
+        Form(
+            description='PEP 508 requirements: one JSON list string (`["qiskit>=1"]`) or repeated fields.',
+            examples=[["qiskit>=1"]],
+        ),
     ] = None,
-    env_vars: Annotated[str | None, Form(description="A JSON object of environment variables.")] = None,
+    env_vars: Annotated[
+        str | None, Form(description="A JSON object of environment variables.", examples=['{"LOG_LEVEL": "info"}'])
+    ] = None,
     description: Annotated[str | None, Form()] = None,
     version: Annotated[str | None, Form()] = None,
     type: Annotated[str | None, Form(description="GENERIC, APPLICATION or CIRCUIT.")] = None,
     provider: Annotated[str | None, Form(description="Provider name; you must be one of its admins.")] = None,
     arguments_schema: Annotated[
-        str | None, Form(description="A JSON Schema for the run arguments; `{}` removes it.")
+        str | None,
+        Form(
+            description="A JSON Schema for the run arguments; `{}` removes it.",
+            examples=['{"type": "object", "properties": {"n": {"type": "integer"}}}'],
+        ),
     ] = None,
     image: Annotated[str | None, Form(description="Not supported: answers 400.")] = None,
 ) -> ProgramOut:
@@ -154,7 +133,6 @@ router.add_api_route(
     response_model=ProgramOut,
     summary="Upload a program: creates it, or updates the one with the same title (keeping its id)",
     responses=error_responses(400, 401, 403, 404, 413, 503),
-    route_class_override=UploadSizeLimitRoute,
 )
 
 
@@ -162,16 +140,38 @@ router.add_api_route(
     "/run/",
     response_model=RunOut,
     summary="Run a program: queues a job",
-    responses=error_responses(400, 401, 403, 404, 423, 429),
+    responses=error_responses(400, 401, 403, 404, 409, 423, 429),
 )
+@reads_only_through_session  # the token look-up reads; the job is queued in `transaction`
 async def run(
     state: StateDep,
-    session: SessionDep,
     settings: SettingsDep,
     user: UserDep,
+    transaction: DriverTransactionDep,
     body: RunRequest,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Retry-safe runs: a request with the key of an earlier one (same user, last 24 h) and the "
+            "same body answers that request's job instead of queueing another; another body is a 409.",
+        ),
+    ] = None,
 ) -> RunOut:
-    return await service.run_program(session, settings=settings, user=user, request=body, wake=state.wake_dispatcher)
+    if idempotency_key is None:
+        return await service.run_program(
+            transaction, settings=settings, user=user, request=body, wake=state.wake_dispatcher
+        )
+    keyed = await idempotent_runs.run_with_key(
+        transaction, settings=settings, user=user, request=body, key=idempotency_key, wake=state.wake_dispatcher
+    )
+    if keyed.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return keyed.out
 
 
 @router.post(
@@ -181,8 +181,13 @@ async def run(
     responses=error_responses(400, 401, 403, 404),
 )
 async def validate_arguments(
-    session: SessionDep, user: UserDep, body: ValidateArgumentsRequest
+    session: SessionDep, settings: SettingsDep, user: UserDep, body: ValidateArgumentsRequest
 ) -> ValidateArgumentsOut:
     return await service.validate_arguments(
-        session, user=user, title=body.title, provider=body.provider, arguments=body.arguments
+        session,
+        user=user,
+        title=body.title,
+        provider=body.provider,
+        arguments=body.arguments,
+        max_arguments_bytes=settings.max_arguments_bytes,
     )

@@ -11,7 +11,7 @@ from fastapi import Request
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from ..errors import BadRequest, PayloadTooLarge
+from ..errors import BadRequest
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -45,21 +45,15 @@ def _decode(value: bytes) -> str:
 class MultipartFileStream:
     """The file sent in form field `field`: `await open()` gives its name, then `chunks()` its bytes as they arrive.
 
-    The whole body may hold at most `max_body_bytes`; other fields are read past and dropped.
+    Other fields are read past and dropped; the body guard (`api/body_guard.py`) bounds the whole body.
     """
 
-    def __init__(self, request: Request, *, field: str, max_body_bytes: int):
+    def __init__(self, request: Request, *, field: str):
         media, params = parse_options_header(request.headers.get("content-type"))
         boundary = params.get(b"boundary")
         if media != b"multipart/form-data" or not boundary:
             raise BadRequest(f"Invalid request: send the file as multipart/form-data in the field {field!r}.")
-        declared = request.headers.get("content-length")
-        self._too_large = f"The upload is larger than the limit of {max_body_bytes} bytes."
-        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
-            raise PayloadTooLarge(self._too_large)
         self._field = field
-        self._max_body = max_body_bytes
-        self._received = 0
         self._body = request.stream()
         self._events: deque[_Event] = deque()
         self._finished = False
@@ -116,9 +110,6 @@ class MultipartFileStream:
             except FormParserError:
                 raise BadRequest("Invalid request: malformed multipart body.") from None
             return False
-        self._received += len(chunk)
-        if self._received > self._max_body:
-            raise PayloadTooLarge(self._too_large)
         try:
             self._parser.write(chunk)
         except FormParserError:

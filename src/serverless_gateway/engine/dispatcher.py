@@ -17,22 +17,27 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
-from ..auth import hash_token, new_job_token
+from ..auth import hash_token, new_bootstrap_code
+from ..log_config import log_context
 from ..models import JobStatus
 from ..repositories import engine as repo
 from ..repositories.engine import ClaimedJob
 from ..services.job_state import transition
 from ..state import GatewayState
 from ..storage.base import StorageError
+from .clusters import STARTING_MESSAGE, ClusterFailed, ClusterGone, ClusterWait, Tenant
+from .clusters.router import Clusters, ClusterStatus
 from .joblogs import logs_key
-from .ray_client import RayJobNotFound, RayJobs, RayRejected, RayUnavailable
-from .submission import SubmissionRejected, build_submission, submission_id_for
+from .ray_client import RayJobNotFound, RayRejected, RayUnavailable
+from .submission import Submission, SubmissionRejected, build_submission, submission_id_for
 from .workdirs import Workdirs
 
 logger = logging.getLogger(__name__)
 
 RETRY_BASE_SECONDS = 1.0
 RETRY_MAX_SECONDS = 15.0
+AGENT_STARTING = "No available agent to submit job"
+AGENT_RETRY_SECONDS = 0.25
 
 
 class Dispatcher:
@@ -42,7 +47,7 @@ class Dispatcher:
         self,
         *,
         state: GatewayState,
-        ray: RayJobs,
+        clusters: Clusters,
         workdirs: Workdirs,
         batch: int = 32,
         concurrency: int = 8,
@@ -51,7 +56,7 @@ class Dispatcher:
         on_ray_unavailable: Callable[[], None] = lambda: None,
     ):
         self.state = state
-        self.ray = ray
+        self.clusters = clusters
         self.workdirs = workdirs
         self.batch = batch
         self.on_submitted = on_submitted
@@ -63,6 +68,8 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._recent: collections.OrderedDict[uuid.UUID, None] = collections.OrderedDict()
         self.submitted_count = 0
+        self._last_waiting = 0
+        self.cluster_wait_seconds = 600.0
 
     def recently_claimed(self, job_id: uuid.UUID) -> bool:
         return job_id in self._recent
@@ -91,15 +98,17 @@ class Dispatcher:
     async def dispatch(self) -> int:
         """Claim batches until the caps or the queue are exhausted; submissions run in the background."""
         total = 0
+        waiting: set[uuid.UUID] = set()
         while True:
-            claimed = await self._claim_batch()
+            claimed = await self._claim_batch(waiting)
             for item, token in claimed:
                 self._spawn(item.job.id, self._submit(item, token, attempt=0))
             total += len(claimed)
-            if len(claimed) < self.batch:
+            if len(claimed) + self._last_waiting < self.batch:
                 return total
 
-    async def _claim_batch(self) -> list[tuple[ClaimedJob, str]]:
+    async def _claim_batch(self, waiting: set[uuid.UUID]) -> list[tuple[ClaimedJob, str]]:
+        """Claim the next fair batch; a job whose tenant can get no cluster now stays QUEUED (added to `waiting`)."""
         settings = self.state.settings
         started = time.perf_counter()
         prepared: list[tuple[ClaimedJob, str]] = []
@@ -109,13 +118,30 @@ class Dispatcher:
                 max_running=settings.max_running_jobs,
                 per_user=settings.max_running_jobs_per_user,
                 batch=self.batch,
+                exclude=list(waiting),
             )
+            self._last_waiting = 0
             for item in claimed:
-                token = new_job_token()
+                try:
+                    cluster_id = await self.clusters.place(
+                        session, Tenant(item.job.author_id, item.program.provider_id)
+                    )
+                except ClusterWait as exc:
+                    if item.job.message != str(exc):
+                        item.job.message = str(exc)
+                    waiting.add(item.job.id)
+                    self._last_waiting += 1
+                    continue
+                code = new_bootstrap_code()
+                item.job.cluster_id = cluster_id
                 item.job.ray_submission_id = submission_id_for(item.job.id)
-                item.job.token_hash = hash_token(token)
-                transition(item.job, JobStatus.PENDING)
-                prepared.append((item, token))
+                item.job.bootstrap_hash = hash_token(code)
+                item.job.token_hash = None
+                starting = self.clusters.status(cluster_id) == ClusterStatus.STARTING
+                transition(item.job, JobStatus.PENDING, message=STARTING_MESSAGE if starting else None)
+                if not starting and item.job.message:
+                    item.job.message = None
+                prepared.append((item, code))
         self._in_flight.update(item.job.id for item, _ in prepared)
         for item, _ in prepared:
             self._recent[item.job.id] = None
@@ -125,28 +151,39 @@ class Dispatcher:
             logger.debug("claimed %d jobs in %.1f ms", len(prepared), (time.perf_counter() - started) * 1000)
         return prepared
 
-    async def _submit(self, item: ClaimedJob, token: str, *, attempt: int) -> None:
+    async def _submit(self, item: ClaimedJob, code: str, *, attempt: int) -> None:
+        tenant = Tenant(item.job.author_id, item.program.provider_id).key
+        with log_context(job_id=item.job.id, tenant=tenant):
+            await self._submit_logged(item, code, attempt=attempt)
+
+    async def _submit_logged(self, item: ClaimedJob, code: str, *, attempt: int) -> None:
         job_id = item.job.id
         started = time.perf_counter()
         try:
+            ray = await self.clusters.client(item.job.cluster_id, timeout=self.cluster_wait_seconds)
             async with self._semaphore:
-                submission = await build_submission(
-                    item, token=token, settings=self.state.settings, workdirs=self.workdirs, storage=self.state.storage
-                )
+                submission = await self._build(item, code)
                 built = time.perf_counter()
-                try:
-                    await self.ray.submit(
-                        submission_id=submission.submission_id,
-                        entrypoint=submission.entrypoint,
-                        runtime_env=submission.runtime_env,
-                        metadata=submission.metadata,
-                        entrypoint_num_cpus=submission.entrypoint_num_cpus,
-                    )
-                finally:
-                    await self.workdirs.remove_job_package(job_id)
+                await ray.submit(
+                    submission_id=submission.submission_id,
+                    entrypoint=submission.entrypoint,
+                    runtime_env=submission.runtime_env,
+                    metadata=submission.metadata,
+                    entrypoint_num_cpus=submission.entrypoint_num_cpus,
+                )
+        except ClusterFailed as exc:
+            if exc.deterministic:
+                await self._fail(job_id, str(exc))
+            else:
+                self._schedule_retry(job_id, attempt, str(exc))
+        except (ClusterGone, TimeoutError) as exc:
+            self._schedule_retry(job_id, attempt, str(exc) or "its Ray cluster did not start in time")
         except (SubmissionRejected, RayRejected) as exc:
             await self._fail(job_id, f"The job could not be submitted: {_gist(str(exc))}", details=str(exc))
         except RayUnavailable as exc:
+            if AGENT_STARTING in str(exc):  # a head just started: its job agent comes up a moment later
+                self._schedule_retry(job_id, attempt, str(exc), delay=AGENT_RETRY_SECONDS)
+                return
             self.on_ray_unavailable()  # take no new work until Ray answers again
             self._schedule_retry(job_id, attempt, str(exc))
         except (RayJobNotFound, StorageError, OSError) as exc:
@@ -163,6 +200,25 @@ class Dispatcher:
             )
             await self._mark_submitted(job_id, attempt)
 
+    async def _build(self, item: ClaimedJob, code: str) -> Submission:
+        """`build_submission` within its time limit; a disk error fails the job with its reason (not retried)."""
+        settings = self.state.settings
+        limit = settings.submission_build_timeout_seconds
+        try:
+            async with asyncio.timeout(limit) as deadline:
+                return await build_submission(item, bootstrap=code, settings=settings, workdirs=self.workdirs)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise SubmissionRejected(
+                f"preparing the job's files took longer than {limit:g} s "
+                "(GATEWAY_SUBMISSION_BUILD_TIMEOUT_SECONDS)"
+            ) from None
+        except OSError as exc:
+            logger.warning("preparing job %s failed: %s", item.job.id, exc)
+            reason = exc.strerror or type(exc).__name__  # not the path: it names the gateway's own directories
+            raise SubmissionRejected(f"preparing the job's files failed: {reason}") from None
+
     async def _mark_submitted(self, job_id: uuid.UUID, attempt: int) -> None:
         try:
             async with self.state.sessionmaker() as session, session.begin():
@@ -174,8 +230,9 @@ class Dispatcher:
         self.submitted_count += 1
         self.on_submitted()
 
-    def _schedule_retry(self, job_id: uuid.UUID, attempt: int, why: str) -> None:
-        delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2**attempt)
+    def _schedule_retry(self, job_id: uuid.UUID, attempt: int, why: str, *, delay: float | None = None) -> None:
+        if delay is None:
+            delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2**attempt)
         logger.warning("submission of job %s failed (%s); retrying in %.0f s", job_id, why, delay)
         self._in_flight.add(job_id)
         self._retry_at[job_id] = (time.monotonic() + delay, attempt + 1)
@@ -198,14 +255,17 @@ class Dispatcher:
 
     async def _resubmit(self, job_id: uuid.UUID, attempt: int) -> None:
         submission_id = submission_id_for(job_id)
+        async with self.state.sessionmaker() as session:
+            cluster_id = await repo.cluster_of(session, job_id)
+        ray = self.clusters.client_now(cluster_id)
         try:
-            if await self.ray.job_state(submission_id) is not None:
+            if ray is not None and await ray.job_state(submission_id) is not None:
                 await self._mark_submitted(job_id, attempt)
                 return
         except RayUnavailable as exc:
             self._schedule_retry(job_id, attempt, str(exc))
             return
-        token = new_job_token()
+        code = new_bootstrap_code()
         async with self.state.sessionmaker() as session, session.begin():
             item = await repo.load_for_resubmit(session, job_id)
             if item is None:  # finished, stopped, submitted or locked by another replica meanwhile
@@ -215,8 +275,17 @@ class Dispatcher:
                 transition(item.job, JobStatus.STOPPED, message="Stopped before it started.")
                 self._in_flight.discard(job_id)
                 return
-            item.job.token_hash = hash_token(token)
-        await self._submit(item, token, attempt=attempt)
+            if self.clusters.status(item.job.cluster_id) == ClusterStatus.GONE:
+                tenant = Tenant(item.job.author_id, item.program.provider_id)
+                try:
+                    item.job.cluster_id = await self.clusters.place(session, tenant)
+                except ClusterWait as exc:
+                    item.job.message = str(exc)
+                    self._schedule_retry(job_id, attempt, str(exc))
+                    return
+            item.job.bootstrap_hash = hash_token(code)
+            item.job.token_hash = None
+        await self._submit(item, code, attempt=attempt)
 
     async def _fail(self, job_id: uuid.UUID, reason: str, *, details: str = "") -> None:
         """FAILED with the reason in the job's logs (a submission that can never work)."""

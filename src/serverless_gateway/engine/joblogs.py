@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
 from .launcher import RESULT_MARKER
 
@@ -11,7 +12,9 @@ LOGS_PREFIX = "logs/"
 
 
 def logs_key(job_id: object) -> str:
-    return f"{LOGS_PREFIX}{job_id}.log"
+    """A fresh key for a job's stored logs: a writer that loses the race to finish the job (another replica,
+    a late pass) leaves an object nothing references (collected later), never overwrites the winner's."""
+    return f"{LOGS_PREFIX}{job_id}/{uuid.uuid4().hex}.log"
 
 
 def extract_result(raw: str) -> tuple[str, str | None]:

@@ -1,9 +1,11 @@
 """Runs a gateway job's entrypoint inside Ray, then sends the job's result to the gateway (standard library only).
 
-The engine ships this file as `__main__.py` of a small per-job package (with `arguments.json` beside it) and
-starts the job as `python -m <package> <entrypoint>` in the program's working directory. It:
-  1. points ARGUMENTS_PATH at the arguments file, RESULTS_PATH at a fresh scratch file and, unless the gateway
-     set a reachable one, DATA_PATH at a scratch directory;
+The engine ships this file as `__main__.py` of a small package, the same for every job, and starts the job as
+`python -m <package> <entrypoint>` in the program's working directory. It:
+  0. trades the one-time GATEWAY_JOB_BOOTSTRAP code for the job's token, arguments and the program's env vars
+     (POST /api/v1/jobs/{id}/bootstrap/), so none of them appears in Ray's records (job list, logs, dashboard);
+  1. points ARGUMENTS_PATH at a private arguments file, RESULTS_PATH at a fresh scratch file and DATA_PATH at a
+     per-job scratch directory;
   2. runs the entrypoint with runpy in this process, so tracebacks reach the logs and the exit code is kept;
   3. sends the RESULTS_PATH file to POST {ENV_JOB_GATEWAY_HOST}/api/v1/jobs/{id}/result/ with the job token.
 When DATA_PATH is not the gateway's own file space (S3 storage, or a worker that shares no disk with it:
@@ -20,6 +22,7 @@ import json
 import os
 import runpy
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -40,24 +43,78 @@ def _say(message: str) -> None:
     sys.stderr.flush()
 
 
+# Environment strings above ~128 KiB break exec(); bigger arguments reach the job only through ARGUMENTS_PATH.
+MAX_ENV_ARGUMENTS_BYTES = 64 * 1024
+_BOOTSTRAP_ATTEMPTS = 6
+
+
+class BootstrapError(Exception):
+    """The job's token and arguments could not be fetched from the gateway."""
+
+
+def fetch_bootstrap() -> dict[str, object] | None:
+    """Trade GATEWAY_JOB_BOOTSTRAP for the job's secrets (removed from the environment first); None without one."""
+    code = os.environ.pop("GATEWAY_JOB_BOOTSTRAP", "")
+    if not code:
+        return None
+    host = os.environ.get("ENV_JOB_GATEWAY_HOST", "").rstrip("/")
+    job_id = os.environ.get("ENV_JOB_ID_GATEWAY", "")
+    request = urllib.request.Request(
+        f"{host}/api/v1/jobs/{job_id}/bootstrap/",
+        data=b"{}",
+        method="POST",
+        headers={"Authorization": f"Bearer {code}", "Content-Type": "application/json"},
+    )
+    delay, detail = 0.5, ""
+    for attempt in range(_BOOTSTRAP_ATTEMPTS):
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                body: dict[str, object] = json.loads(response.read())
+                return body
+        except urllib.error.HTTPError as exc:
+            detail = f"{exc.code} {exc.read(2000).decode('utf-8', errors='replace')}"
+            if 400 <= exc.code < 500 and exc.code not in (408, 429):
+                break
+        except (OSError, ValueError) as exc:
+            detail = str(exc)
+        if attempt + 1 < _BOOTSTRAP_ATTEMPTS:
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+    raise BootstrapError(f"could not fetch this job's token and arguments from the gateway: {detail}")
+
+
+def apply_bootstrap(secrets: dict[str, object], scratch: str) -> None:
+    """The program's env vars, then the official client's in-job contract (these win), then the arguments."""
+    env_vars = secrets.get("env_vars") or {}
+    if isinstance(env_vars, dict):
+        for key, value in env_vars.items():
+            os.environ[str(key)] = str(value)
+    os.environ["ENV_JOB_GATEWAY_TOKEN"] = str(secrets.get("token", ""))
+    arguments = str(secrets.get("arguments", "{}"))
+    path = os.path.join(scratch, "arguments.json")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(arguments)
+    os.environ["ARGUMENTS_PATH"] = path
+    if len(arguments.encode("utf-8")) <= MAX_ENV_ARGUMENTS_BYTES:
+        os.environ["ENV_JOB_ARGUMENTS"] = arguments
+
+
 def prepare_environment(here: str) -> str:
     """Set the in-job path variables; returns RESULTS_PATH."""
     scratch = tempfile.mkdtemp(prefix="gateway-job-")
-    os.environ["ARGUMENTS_PATH"] = os.path.join(here, "arguments.json")
+    secrets = fetch_bootstrap()
+    if secrets is not None:
+        apply_bootstrap(secrets, scratch)
+    else:
+        os.environ["ARGUMENTS_PATH"] = os.path.join(here, "arguments.json")
     results_path = os.path.join(scratch, "results.json")
     os.environ["RESULTS_PATH"] = results_path
-    data = os.environ.get("DATA_PATH")
-    if data:
-        try:
-            os.makedirs(data, exist_ok=True)
-        except OSError:  # the gateway's file space is not reachable from this worker
-            data = None
-            if os.environ.get("GATEWAY_DATA_FUNCTION"):
-                os.environ["GATEWAY_DATA_SYNC"] = "1"
-    if not data:
-        data = os.path.join(scratch, "data")
-        os.makedirs(data, exist_ok=True)
+    # Always a fresh per-job directory (whatever the environment said), synced with the function's files.
+    data = os.path.join(scratch, "data")
+    os.makedirs(data, exist_ok=True)
     os.environ["DATA_PATH"] = data
+    if os.environ.get("GATEWAY_DATA_FUNCTION"):
+        os.environ["GATEWAY_DATA_SYNC"] = "1"
     return results_path
 
 
@@ -159,6 +216,29 @@ def deliver_result(results_path: str) -> int:
     return 0
 
 
+def report_end(exit_code: int) -> None:
+    """Tell the gateway the entrypoint has exited (the result is sent), so it finishes the job without waiting
+    for Ray's status; one quick try, since Ray's own status ends the job anyway."""
+    host = os.environ.get("ENV_JOB_GATEWAY_HOST", "").rstrip("/")
+    token = os.environ.get("ENV_JOB_GATEWAY_TOKEN", "")
+    job_id = os.environ.get("ENV_JOB_ID_GATEWAY", "")
+    if not (host and token and job_id):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    request = urllib.request.Request(
+        f"{host}/api/v1/jobs/{job_id}/ended/",
+        data=json.dumps({"exit_code": max(-255, min(255, int(exit_code)))}).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            response.read()
+    except (OSError, ValueError):
+        pass
+
+
 _COPY_CHUNK = 1024 * 1024
 FileState = tuple[int, int]
 """(size, mtime in ns) of a file of DATA_PATH, to tell which ones the job created or changed."""
@@ -245,12 +325,20 @@ class DataSync:
             "Content-Type: application/octet-stream\r\n\r\n"
         ).encode()
         tail = f"\r\n--{boundary}--\r\n".encode()
-        size = os.path.getsize(path)
+        # Opened without following a link (one swapped in since the listing fails here), then sized by its fd.
+        handle = os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb")
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            handle.close()
+            raise OSError(f"{name!r} is not a regular file")
+        size = info.st_size
 
         def body() -> Iterator[bytes]:
             yield head
-            with open(path, "rb") as handle:
-                while chunk := handle.read(_COPY_CHUNK):
+            with handle:
+                remaining = size  # exactly what Content-Length announced, even if the file grows meanwhile
+                while remaining > 0 and (chunk := handle.read(min(_COPY_CHUNK, remaining))):
+                    remaining -= len(chunk)
                     yield chunk
             yield tail
 
@@ -289,7 +377,11 @@ def main(argv: list[str]) -> int:
         _say("usage: python -m <launcher package> <entrypoint> [args...]")
         return 2
     here = os.path.dirname(os.path.abspath(__file__))
-    results_path = prepare_environment(here)
+    try:
+        results_path = prepare_environment(here)
+    except BootstrapError as exc:
+        _say(str(exc))
+        return 1
     data_sync = DataSync.from_env()
     if data_sync is not None:
         try:
@@ -300,7 +392,9 @@ def main(argv: list[str]) -> int:
     if data_sync is not None:
         data_sync.push()
     delivered = deliver_result(results_path)
-    return code or delivered
+    final = code or delivered
+    report_end(final)
+    return final
 
 
 if __name__ == "__main__":

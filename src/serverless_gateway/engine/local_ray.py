@@ -27,18 +27,26 @@ from typing import Any
 import httpx
 import psutil
 
+from .clusters.sandbox import AF_UNIX_MAX, SOCKET_SUFFIX_CHARS, head_root, root_cause
+
 logger = logging.getLogger(__name__)
 
 # Ray puts unix sockets under <temp-dir>/session_<date>_<pid>/sockets/; AF_UNIX paths are capped at 107 bytes.
-_MAX_TEMP_DIR_CHARS = 45
+_MAX_TEMP_DIR_CHARS = AF_UNIX_MAX - SOCKET_SUFFIX_CHARS
 # Under temp_root: how to find (and reuse, or clean up) a head whose gateway was killed before stopping it.
 STATE_FILE = "local-ray-head.json"
+# What `ray start` printed when it failed, kept in the head's temp dir beside Ray's logs.
+START_OUTPUT = "ray-start.log"
 # A stopped head's temp dir is renamed to this prefix + its name before it is removed (see _discard).
 TRASH_PREFIX = ".trash-"
 
 
 class RayStartError(RuntimeError):
-    """`ray start --head` failed or the dashboard never answered."""
+    """`ray start --head` failed or the dashboard never answered; `deterministic`: trying again cannot help."""
+
+    def __init__(self, message: str, *, deterministic: bool = False):
+        super().__init__(message)
+        self.deterministic = deterministic
 
 
 def free_port() -> int:
@@ -99,7 +107,7 @@ class LocalRayHead:
         if len(str(wanted)) <= _MAX_TEMP_DIR_CHARS:
             wanted.mkdir()
             return wanted
-        short = Path(tempfile.mkdtemp(prefix="gwray-", dir="/tmp"))
+        short = Path(tempfile.mkdtemp(prefix="gwray-", dir=head_root()))
         logger.info("Ray temp dir %s would be too long for Ray's sockets; using %s", wanted, short)
         return short
 
@@ -135,7 +143,9 @@ class LocalRayHead:
     async def start(self) -> str:
         """Start the head and wait for its dashboard; returns the dashboard URL (the job submission address).
 
-        `ray start` gives up when the raylet takes over 30 s to register (a loaded machine): it is retried.
+        `ray start` gives up when the raylet takes over 30 s to register (a loaded machine): that is retried. A
+        failure whose cause is known to be deterministic is not; its message quotes the root-cause line of Ray's
+        logs, which are kept (cancelling a start stops what it started).
         """
         if self.dashboard_url is not None:
             return self.dashboard_url
@@ -147,10 +157,14 @@ class LocalRayHead:
             try:
                 return await self._start_once()
             except RayStartError as exc:
-                await self.stop()
-                if attempt == self.attempts:
+                if exc.deterministic or attempt == self.attempts:
+                    await self.stop(keep_logs=True)
                     raise
+                await self.stop()
                 logger.warning("starting the local Ray head failed (attempt %d): %s", attempt, str(exc)[-300:])
+            except BaseException:
+                await asyncio.shield(self.stop())
+                raise
         raise RayStartError("unreachable")
 
     async def _start_once(self) -> str:
@@ -171,17 +185,31 @@ class LocalRayHead:
         try:
             output, _ = await asyncio.wait_for(process.communicate(), timeout=self.startup_timeout)
         except TimeoutError:
-            raise RayStartError(f"`ray start --head` did not finish within {self.startup_timeout:.0f} s") from None
+            raise self._failure(f"`ray start --head` did not finish within {self.startup_timeout:.0f} s", "") from None
         if process.returncode != 0:
-            tail = output.decode(errors="replace")[-2000:]
-            raise RayStartError(f"`ray start --head` exited with {process.returncode}: {tail}")
+            raise self._failure(f"`ray start --head` exited with {process.returncode}", output.decode(errors="replace"))
         url = f"http://127.0.0.1:{self.dashboard_port}"
-        await self._wait_for_dashboard(url)
+        try:
+            await self._wait_for_dashboard(url)
+        except RayStartError as exc:
+            if exc.deterministic:
+                raise self._failure("the Ray dashboard cannot start", "") from None
+            raise self._failure(str(exc), "") from None
         self.dashboard_url = url
         if not self._independent:
             await asyncio.to_thread(self._write_state)
         logger.info("local Ray head up: dashboard %s, GCS %s, temp dir %s", url, self.gcs_address, self.temp_dir)
         return url
+
+    def _failure(self, what: str, output: str) -> RayStartError:
+        """The start failed: name the root cause from Ray's output and logs, the fix, and where the logs are kept."""
+        if self.temp_dir is not None and output:  # kept beside Ray's own logs
+            with contextlib.suppress(OSError):
+                (self.temp_dir / START_OUTPUT).write_text(output[-200_000:])
+        line, fix, deterministic = root_cause(self.temp_dir, output[-20000:]) if self.temp_dir else (output, "", False)
+        hint = f"; fix: {fix}" if fix else ""
+        kept = f" (Ray's logs are kept in {self.temp_dir})" if self.temp_dir else ""
+        return RayStartError(f"{what}: {line}{hint}{kept}", deterministic=deterministic)
 
     async def _discard(self, temp_dir: Path) -> None:
         """Rename the temp dir out of the way at once, then remove it for at most `removal_budget` seconds.
@@ -312,7 +340,9 @@ class LocalRayHead:
         return False
 
     async def _wait_for_dashboard(self, url: str) -> None:
+        """Until the dashboard answers; a cause known to be deterministic in Ray's logs fails it at once."""
         deadline = time.monotonic() + self.startup_timeout
+        next_scan = time.monotonic() + 2.0
         async with httpx.AsyncClient(timeout=2.0) as http:
             while True:
                 try:
@@ -323,6 +353,11 @@ class LocalRayHead:
                     pass
                 if time.monotonic() > deadline:
                     raise RayStartError(f"the Ray dashboard at {url} did not answer within {self.startup_timeout} s")
+                if self.temp_dir is not None and time.monotonic() > next_scan:
+                    next_scan = time.monotonic() + 2.0
+                    line, _, deterministic = await asyncio.to_thread(root_cause, self.temp_dir, "")
+                    if deterministic:
+                        raise RayStartError(f"the Ray dashboard at {url} cannot start: {line}", deterministic=True)
                 await asyncio.sleep(0.25)
 
     def _owned_processes(self) -> list[psutil.Process]:
@@ -369,14 +404,14 @@ class LocalRayHead:
         psutil.wait_procs(alive, timeout=grace_seconds)
         return len(procs)
 
-    async def stop(self) -> None:
-        """Stop only this head's processes and remove its temp dir; safe to call twice."""
+    async def stop(self, *, keep_logs: bool = False) -> None:
+        """Stop only this head's processes and remove its temp dir (unless `keep_logs`); safe to call twice."""
         if self._session_id is not None or self.temp_dir is not None:
             await asyncio.to_thread(self._kill_owned, 5.0)
             # Job drivers live in sessions of their own and die a moment after their supervisor: sweep again.
             await asyncio.sleep(1.0)
             await asyncio.to_thread(self._kill_owned, 3.0)
-        if self.temp_dir is not None:
+        if self.temp_dir is not None and not keep_logs:
             await self._discard(self.temp_dir)
         if not self._independent:
             await asyncio.to_thread(self.state_file.unlink, True)

@@ -8,12 +8,15 @@ with a timeout injected, and its failures become one of: `RayUnavailable` (retry
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from ..metrics import record_ray_error
 
 T = TypeVar("T")
 
@@ -89,6 +92,10 @@ def classify(exc: BaseException) -> RayError:
     return RayUnavailable(text)
 
 
+def _is_local_dir(path: str) -> bool:
+    return "://" not in path and os.path.isdir(path)
+
+
 def _state_from(details: Any) -> RayJobState | None:
     submission_id = getattr(details, "submission_id", None)
     if not submission_id:
@@ -106,14 +113,26 @@ def _state_from(details: Any) -> RayJobState | None:
 class RayJobs:
     """Async access to one cluster's job API (the dashboard URL); the client is built lazily, in a thread."""
 
-    def __init__(self, address: str, *, timeout: float = 30.0, submit_timeout: float = 300.0, threads: int = 16):
+    def __init__(
+        self,
+        address: str,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30.0,
+        submit_timeout: float = 300.0,
+        threads: int = 16,
+    ):
         self.address = address
+        self.headers = dict(headers or {})
         self.timeout = timeout
         self.submit_timeout = submit_timeout
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ray-client")
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._local = threading.local()
+        self._packages: dict[str, str] = {}
+        """Local directory (immutable: named by its content) -> the gcs:// package URI uploaded to this cluster."""
+        self._package_locks: dict[str, threading.Lock] = {}
 
     def _make_client(self) -> Any:
         from ray.job_submission import JobSubmissionClient
@@ -127,7 +146,7 @@ class RayJobs:
                 kwargs.setdefault("timeout", getattr(local, "timeout", None) or default)
                 return super()._do_request(method, endpoint, **kwargs)
 
-        return TimedClient(self.address)
+        return TimedClient(self.address, headers=self.headers or None)
 
     def _get_client(self) -> Any:
         with self._client_lock:
@@ -135,7 +154,7 @@ class RayJobs:
                 self._client = self._make_client()
             return self._client
 
-    async def _call(self, action: Callable[[Any], T], *, timeout: float | None = None) -> T:
+    async def _call(self, action: Callable[[Any], T], *, timeout: float | None = None, kind: str = "call") -> T:
         def run() -> T:
             self._local.timeout = timeout
             try:
@@ -146,7 +165,11 @@ class RayJobs:
                 self._local.timeout = None
 
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, run)
+        try:
+            return await loop.run_in_executor(self._pool, run)
+        except (RayUnavailable, RayRejected):
+            record_ray_error(kind)  # not-found and duplicate submissions are answers, not errors
+            raise
 
     async def submit(
         self,
@@ -164,17 +187,54 @@ class RayJobs:
                 client.submit_job(
                     entrypoint=entrypoint,
                     submission_id=submission_id,
-                    runtime_env=runtime_env,
+                    runtime_env=self._with_package_uris(client, runtime_env),
                     metadata=metadata or {},
                     entrypoint_num_cpus=entrypoint_num_cpus or None,
                 )
             )
 
         try:
-            await self._call(submit, timeout=self.submit_timeout)
+            await self._call(submit, timeout=self.submit_timeout, kind="submit")
         except SubmissionExists:
             return False
         return True
+
+    def _with_package_uris(self, client: Any, runtime_env: dict[str, Any]) -> dict[str, Any]:
+        """`runtime_env` with its local directories replaced by the URIs of packages already on the cluster.
+
+        Given a local directory, Ray's client hashes all of it on every submission (and zips it when the
+        cluster lacks it); the gateway's directories never change (they are named by their content), so each
+        is hashed and uploaded once per cluster and then referred to by URI. A package Ray has since dropped
+        (no job used it for a while) is found missing by the same existence check Ray makes, and uploaded again.
+        """
+        env = dict(runtime_env)
+        working_dir = env.get("working_dir")
+        if isinstance(working_dir, str) and _is_local_dir(working_dir):
+            env["working_dir"] = self._package_uri(client, working_dir, parent=False)
+        modules = env.get("py_modules")
+        if isinstance(modules, list):
+            env["py_modules"] = [
+                self._package_uri(client, module, parent=True)
+                if isinstance(module, str) and _is_local_dir(module)
+                else module
+                for module in modules
+            ]
+        return env
+
+    def _package_uri(self, client: Any, path: str, *, parent: bool) -> str:
+        with self._client_lock:
+            lock = self._package_locks.setdefault(path, threading.Lock())
+        with lock:  # jobs of one program submitted at once: the first hashes and uploads, the others wait for it
+            uri = self._packages.get(path)
+            # Ray's own client makes this check before every submission too (SubmissionClient._package_exists).
+            if uri is not None and client._package_exists(uri):
+                return uri
+            from ray._private.ray_constants import RAY_RUNTIME_ENV_IGNORE_GITIGNORE
+
+            gitignore = os.environ.get(RAY_RUNTIME_ENV_IGNORE_GITIGNORE, "0") != "1"  # as Ray's client decides it
+            uri = str(client._upload_package_if_needed(path, include_gitignore=gitignore, include_parent_dir=parent))
+            self._packages[path] = uri
+            return uri
 
     async def list_jobs(self) -> dict[str, RayJobState]:
         """Every submitted job the cluster knows, by submission id: one request for all of them."""
@@ -187,28 +247,34 @@ class RayJobs:
                     found[state.submission_id] = state
             return found
 
-        return await self._call(list_all)
+        return await self._call(list_all, kind="status")
 
     async def job_state(self, submission_id: str) -> RayJobState | None:
         """One job's state, or None when Ray does not know it."""
         try:
-            details = await self._call(lambda client: client.get_job_info(submission_id))
+            details = await self._call(lambda client: client.get_job_info(submission_id), kind="status")
         except RayJobNotFound:
             return None
         return _state_from(details)
 
     async def stop(self, submission_id: str) -> bool:
         """Ask Ray to stop the job; True when it was still running. Raises RayJobNotFound."""
-        return bool(await self._call(lambda client: client.stop_job(submission_id)))
+        return bool(await self._call(lambda client: client.stop_job(submission_id), kind="stop"))
 
-    async def logs(self, submission_id: str) -> str:
-        """The job's whole log text as Ray keeps it. Raises RayJobNotFound."""
-        return str(await self._call(lambda client: client.get_job_logs(submission_id)))
+    async def logs(self, submission_id: str, max_bytes: int, *, wait_end: bool = True) -> str:
+        """The job's log (at least its last `max_bytes`) in bounded memory: see final_log. Raises RayJobNotFound."""
+        from .final_log import final_log
+
+        try:
+            return await final_log(self, submission_id, max_bytes, wait_end=wait_end)
+        except RayUnavailable:
+            record_ray_error("logs")
+            raise
 
     async def delete(self, submission_id: str) -> None:
         """Forget a finished job on the Ray side (keeps Ray's job list, and our sync, small)."""
         try:
-            await self._call(lambda client: client.delete_job(submission_id))
+            await self._call(lambda client: client.delete_job(submission_id), kind="delete")
         except RayJobNotFound:
             return
 
@@ -222,7 +288,7 @@ class RayJobs:
             body: dict[str, Any] = response.json()
             return body
 
-        return await self._call(version, timeout=timeout)
+        return await self._call(version, timeout=timeout, kind="health")
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import uuid
 from dataclasses import dataclass, field
@@ -18,16 +17,12 @@ from typing import Any
 from ..config import Settings
 from ..repositories.engine import ClaimedJob
 from ..services.artifacts import ArtifactRejected
-from ..services.files import user_files_prefix
-from ..storage.base import ObjectNotFound, Storage
-from ..storage.local import LocalStorage
+from ..services.requirements import allowed_names, requirement_refusal
+from ..storage.base import ObjectNotFound
 from .workdirs import LAUNCHER_PACKAGE, Workdirs
 
 SUBMISSION_PREFIX = "gw-"
-# Environment strings above ~128 KiB break exec(); bigger arguments reach the job only through ARGUMENTS_PATH.
-MAX_ENV_ARGUMENTS_BYTES = 64 * 1024
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
-_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
 class SubmissionRejected(Exception):
@@ -58,64 +53,41 @@ def job_id_from_submission(submission_id: str) -> uuid.UUID | None:
         return None
 
 
-def _normalized(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def check_dependencies(dependencies: list[str], allowlist: list[str] | None) -> list[str]:
     """The program's pip requirements, refused when a package is outside the allow-list."""
     requirements = [str(dep).strip() for dep in dependencies if str(dep).strip()]
     if allowlist is None:
         return requirements
-    allowed = {_normalized(name) for name in allowlist}
+    allowed = allowed_names(allowlist)
     for requirement in requirements:
-        match = _NAME.match(requirement)
-        if match is None or _normalized(match.group(1)) not in allowed:
-            raise SubmissionRejected(f"dependency {requirement!r} is not in the gateway's allow-list")
+        refusal = requirement_refusal(requirement, allowed)
+        if refusal is not None:
+            raise SubmissionRejected(f"dependency refused by the gateway's allow-list: {refusal}")
     return requirements
 
 
-def job_env(claimed: ClaimedJob, *, token: str, settings: Settings, data_path: str | None = None) -> dict[str, str]:
-    """The program's env vars, then the in-job contract of the official client (these win)."""
-    job = claimed.job
-    env = {str(key): str(value) for key, value in (claimed.program.env_vars or {}).items()}
-    env.update(
-        {
-            "ENV_JOB_GATEWAY_HOST": settings.public_url or DEFAULT_PUBLIC_URL,
-            "ENV_JOB_GATEWAY_TOKEN": token,
-            "ENV_JOB_ID_GATEWAY": str(job.id),
-            "ENV_GATEWAY_PROVIDER_VERSION": "v1",
-            "GATEWAY_JOB_CONFIG": json.dumps(job.config or {}),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    if len(job.arguments.encode("utf-8")) <= MAX_ENV_ARGUMENTS_BYTES:
-        env["ENV_JOB_ARGUMENTS"] = job.arguments
-    if data_path is not None:
-        env["DATA_PATH"] = data_path
-    # Without the gateway's own file space, the launcher copies the function's files in and out of DATA_PATH.
-    env["GATEWAY_DATA_FUNCTION"] = claimed.program.title
-    env["GATEWAY_DATA_PROVIDER"] = claimed.provider_name or ""
-    env["GATEWAY_DATA_SYNC"] = "0" if data_path is not None else "1"
-    return env
+def job_env(claimed: ClaimedJob, *, bootstrap: str, settings: Settings) -> dict[str, str]:
+    """What Ray sees of a job's environment: nothing secret (no token, arguments or program env var values).
 
-
-async def local_data_path(claimed: ClaimedJob, storage: Storage, workdirs: Workdirs) -> str | None:
-    """With local storage, the user's file space of this function (what the files API lists), else None.
-
-    It is only meaningful when the Ray workers share the gateway's filesystem (a local head); elsewhere the
-    launcher falls back to a scratch directory when the path cannot be created.
+    The launcher trades the one-time `GATEWAY_JOB_BOOTSTRAP` code for those at the gateway, and always syncs
+    DATA_PATH (a per-job scratch directory) with the function's files through the files API.
     """
-    if not isinstance(storage, LocalStorage):
-        return None
-    prefix = user_files_prefix(claimed.job.author_id, claimed.provider_name, claimed.program.title)
-    path = storage.root.joinpath(*prefix.strip("/").split("/"))
-    await workdirs.ensure_dir(path)
-    return str(path)
+    job = claimed.job
+    return {
+        "ENV_JOB_GATEWAY_HOST": settings.public_url or DEFAULT_PUBLIC_URL,
+        "ENV_JOB_ID_GATEWAY": str(job.id),
+        "ENV_GATEWAY_PROVIDER_VERSION": "v1",
+        "GATEWAY_JOB_BOOTSTRAP": bootstrap,
+        "GATEWAY_JOB_CONFIG": json.dumps(job.config or {}),
+        "GATEWAY_DATA_FUNCTION": claimed.program.title,
+        "GATEWAY_DATA_PROVIDER": claimed.provider_name or "",
+        "GATEWAY_DATA_SYNC": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 async def build_submission(
-    claimed: ClaimedJob, *, token: str, settings: Settings, workdirs: Workdirs, storage: Storage
+    claimed: ClaimedJob, *, bootstrap: str, settings: Settings, workdirs: Workdirs
 ) -> Submission:
     """Prepare the working dir and launcher package of a claimed job; SubmissionRejected when it cannot run.
 
@@ -131,16 +103,15 @@ async def build_submission(
         raise SubmissionRejected(exc.message) from None
     if not await workdirs.has_file(program.artifact_sha256, program.entrypoint):
         raise SubmissionRejected(f"entrypoint {program.entrypoint!r} was not found in the program's files")
-    data_path = await local_data_path(claimed, storage, workdirs)
-    package = await workdirs.job_package(job_id=job.id, arguments=job.arguments)
+    package = await workdirs.launcher_package()
     runtime_env: dict[str, Any] = {
         "working_dir": str(program_dir),
         "py_modules": [str(package)],
-        "env_vars": job_env(claimed, token=token, settings=settings, data_path=data_path),
+        "env_vars": job_env(claimed, bootstrap=bootstrap, settings=settings),
     }
     if requirements:
         runtime_env["pip"] = requirements
-    metadata = {"gateway_job_id": str(job.id), "gateway_user": claimed.username, "config": json.dumps(job.config or {})}
+    metadata = {"gateway_job_id": str(job.id), "config": json.dumps(job.config or {})}
     return Submission(
         job_id=job.id,
         submission_id=submission_id_for(job.id),

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Integer, Select, Table, and_, bindparam, func, select
+from sqlalchemy import ColumnElement, Integer, Select, Table, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
-from ..auth import admin_provider_ids
 from ..models import Job, JobEvent, JobStatus, Program, Provider, RuntimeJob
+from .access import admin_provider_ids, program_administered
 
 MAX_EVENTS = 1000
 MAX_RUNTIME_JOBS = 1000
@@ -230,7 +230,7 @@ async def get_job_for_reader(
     session: AsyncSession, *, job_id: uuid.UUID, user_id: uuid.UUID
 ) -> tuple[JobWithProgram, bool, bool] | None:
     """A job its author or an admin of its program's provider may see: (job, is_author, is_provider_admin)."""
-    is_admin = and_(Program.provider_id.is_not(None), Program.provider_id.in_(admin_provider_ids(user_id)))
+    is_admin = program_administered(user_id)
     query = (
         _job_query(with_result=False)
         .add_columns(Job.author_id == user_id, is_admin)
@@ -253,6 +253,12 @@ async def add_event(
     return event
 
 
+async def count_events(session: AsyncSession, *, job_id: uuid.UUID, at_most: int) -> int:
+    """How many events the job has, counted no further than `at_most` (the quota), so the count stays cheap."""
+    capped = select(JobEvent.id).where(JobEvent.job_id == job_id).limit(at_most).subquery()
+    return await session.scalar(select(func.count()).select_from(capped)) or 0
+
+
 async def list_events(session: AsyncSession, *, job_id: uuid.UUID, event_type: str | None) -> list[JobEvent]:
     """The job's events, oldest first (at most MAX_EVENTS, the latest ones)."""
     query = select(JobEvent).where(JobEvent.job_id == job_id)
@@ -263,9 +269,10 @@ async def list_events(session: AsyncSession, *, job_id: uuid.UUID, event_type: s
 
 
 async def add_runtime_job(
-    session: AsyncSession, *, job_id: uuid.UUID, runtime_job: str, runtime_session: str | None
-) -> RuntimeJob:
-    """Record a Qiskit Runtime job the job started; recording the same one twice keeps one row."""
+    session: AsyncSession, *, job_id: uuid.UUID, runtime_job: str, runtime_session: str | None, max_rows: int
+) -> RuntimeJob | None:
+    """Record a Qiskit Runtime job the job started (the same one twice keeps one row); None when the job has
+    `max_rows` already."""
     existing = await session.scalar(
         select(RuntimeJob).where(RuntimeJob.job_id == job_id, RuntimeJob.runtime_job == runtime_job)
     )
@@ -274,6 +281,9 @@ async def add_runtime_job(
             existing.runtime_session = runtime_session
             await session.flush()
         return existing
+    capped = select(RuntimeJob.id).where(RuntimeJob.job_id == job_id).limit(max_rows).subquery()
+    if (await session.scalar(select(func.count()).select_from(capped)) or 0) >= max_rows:
+        return None
     row = RuntimeJob(id=uuid.uuid4(), job_id=job_id, runtime_job=runtime_job, runtime_session=runtime_session)
     session.add(row)
     await session.flush()
@@ -299,3 +309,10 @@ async def save_job(session: AsyncSession, job: Job) -> None:
     """Flush the job's changes and read back the `updated_at` the database gave it."""
     await session.flush()
     await session.refresh(job, attribute_names=["updated_at"])
+
+
+async def count_active_by_status(session: AsyncSession) -> dict[str, int]:
+    """How many jobs are QUEUED, PENDING or RUNNING (read from the partial index of active jobs)."""
+    active = [status.value for status in (JobStatus.QUEUED, JobStatus.PENDING, JobStatus.RUNNING)]
+    rows = await session.execute(select(Job.status, func.count()).where(Job.status.in_(active)).group_by(Job.status))
+    return {str(status): int(count) for status, count in rows.tuples()}

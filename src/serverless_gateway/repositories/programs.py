@@ -12,20 +12,20 @@ from sqlalchemy import (
     Select,
     Table,
     Text,
-    and_,
     bindparam,
     exists,
     func,
     literal,
-    or_,
+    literal_column,
     select,
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..auth import admin_provider_ids, program_runnable, program_visible
+from ..db import DriverStatement, DriverTransaction
 from ..models import ACTIVE_STATUSES, Job, JobStatus, Program, ProgramAccess, Provider
+from .access import program_manageable, program_runnable, program_visible
 
 JOBS_CHANNEL = "gateway_jobs"
 """Postgres NOTIFY channel that tells every replica a job was queued."""
@@ -54,15 +54,9 @@ class RunTarget:
     can_run: bool
 
 
-def _can_manage(user_id: uuid.UUID) -> ColumnElement[bool]:
-    return or_(
-        and_(Program.provider_id.is_(None), Program.author_id == user_id),
-        and_(Program.provider_id.is_not(None), Program.provider_id.in_(admin_provider_ids(user_id))),
-    )
-
-
 def _with_provider(user_id: uuid.UUID) -> Select[Program, str, bool]:
-    return select(Program, Provider.name, _can_manage(user_id)).outerjoin(Provider, Provider.id == Program.provider_id)
+    manageable = program_manageable(user_id)
+    return select(Program, Provider.name, manageable).outerjoin(Provider, Provider.id == Program.provider_id)
 
 
 def _rows(result: Any) -> list[ProgramRow]:
@@ -97,31 +91,30 @@ async def find_visible(
     return rows[0] if rows else None
 
 
-# The run path is the hot one: its statements are built once, with bind parameters, so each request skips
-# building the SQL tree and computing its cache key.
+# The run path is the hot one: its statements are built and compiled once (DriverStatement), so each request
+# skips building the SQL tree, SQLAlchemy's compiled-cache look-up and its parameter processing.
 _UUID = PG_UUID(as_uuid=True)
 _USER = cast(Any, bindparam("user_id", type_=_UUID))
 _RUN_COLUMNS = (Program.id, Program.disabled, Program.disabled_reason, Program.arguments_schema)
 _RUN_LOCK = func.pg_advisory_xact_lock(literal(_RUN_LOCK_NAMESPACE), func.hashtext(func.cast(_USER, Text)))
-_FIND_OWN_FOR_RUN = select(*_RUN_COLUMNS, literal(True), _RUN_LOCK).where(
+_FIND_OWN_FOR_RUN_STATEMENT = select(*_RUN_COLUMNS, literal(True), _RUN_LOCK).where(
     Program.provider_id.is_(None), Program.author_id == _USER, Program.title == bindparam("title")
 )
-_FIND_PROVIDED_FOR_RUN = (
+_FIND_PROVIDED_FOR_RUN_STATEMENT = (
     select(*_RUN_COLUMNS, program_runnable(_USER), _RUN_LOCK)
     .join(Provider, Provider.id == Program.provider_id)
     .where(Provider.name == bindparam("provider"), Program.title == bindparam("title"), program_visible(_USER))
 )
+_FIND_OWN_FOR_RUN = DriverStatement(_FIND_OWN_FOR_RUN_STATEMENT)
+_FIND_PROVIDED_FOR_RUN = DriverStatement(_FIND_PROVIDED_FOR_RUN_STATEMENT)
+# Constants rendered into the SQL: a bound IN list would be expanded again at every execution.
+_ACTIVE_LITERALS: list[ColumnElement[str]] = [literal_column(f"'{status.value}'") for status in sorted(ACTIVE_STATUSES)]
 
 
 def _queue_job_statement() -> Select[Any]:
     author = bindparam("author_id", type_=_UUID)
     limit = bindparam("limit", type_=Integer)
-    active = (
-        select(Job.id)
-        .where(Job.author_id == author, Job.status.in_(sorted(s.value for s in ACTIVE_STATUSES)))
-        .limit(limit)
-        .subquery()
-    )
+    active = select(Job.id).where(Job.author_id == author, Job.status.in_(_ACTIVE_LITERALS)).limit(limit).subquery()
     below_limit = select(func.count()).select_from(active).scalar_subquery() < limit
     values = select(
         bindparam("job_id", type_=_UUID),
@@ -140,31 +133,29 @@ def _queue_job_statement() -> Select[Any]:
     return select(queued.c.id, func.pg_notify(JOBS_CHANNEL, func.cast(queued.c.id, Text)))
 
 
-_QUEUE_JOB = _queue_job_statement()
+_QUEUE_JOB = DriverStatement(_queue_job_statement())
 
 
 async def find_for_run(
-    session: AsyncSession, user_id: uuid.UUID, *, title: str, provider: str | None
+    transaction: DriverTransaction, user_id: uuid.UUID, *, title: str, provider: str | None
 ) -> RunTarget | None:
     """Look the program up for a run and take the caller's queueing lock in the same round trip.
 
     The lock (released at commit or rollback) serialises one user's concurrent runs, so the active-job
     count taken afterwards by `queue_job_within_limit` cannot be raced past the limit.
     """
-    connection = await session.connection()
     if provider is None:
-        result = await connection.execute(_FIND_OWN_FOR_RUN, {"user_id": user_id, "title": title})
+        row = await _FIND_OWN_FOR_RUN.fetchrow(transaction, {"user_id": user_id, "title": title})
     else:
         params = {"user_id": user_id, "title": title, "provider": provider}
-        result = await connection.execute(_FIND_PROVIDED_FOR_RUN, params)
-    row = result.first()
+        row = await _FIND_PROVIDED_FOR_RUN.fetchrow(transaction, params)
     if row is None:
         return None
     return RunTarget(id=row[0], disabled=row[1], disabled_reason=row[2], arguments_schema=row[3], can_run=bool(row[4]))
 
 
 async def queue_job_within_limit(
-    session: AsyncSession,
+    transaction: DriverTransaction,
     *,
     job_id: uuid.UUID,
     program_id: uuid.UUID,
@@ -177,7 +168,6 @@ async def queue_job_within_limit(
 
     One statement: count, insert and notify. False (nothing inserted) when the limit is reached.
     """
-    connection = await session.connection()
     params = {
         "job_id": job_id,
         "program_id": program_id,
@@ -186,7 +176,7 @@ async def queue_job_within_limit(
         "config": config,
         "limit": limit,
     }
-    return (await connection.execute(_QUEUE_JOB, params)).first() is not None
+    return await _QUEUE_JOB.fetchrow(transaction, params) is not None
 
 
 async def upsert_program(

@@ -63,30 +63,24 @@ class JobResultOut(BaseModel):
 
 class JobLogsOut(BaseModel):
     logs: str
-
-
-class ResultIn(BaseModel):
-    """Legacy `save_result` from inside a job: the result as a JSON string, or as the JSON value itself."""
-
-    result: Any = Field(description="A JSON string, or any JSON value.")
+    next_offset: int | None = Field(
+        default=None, description="With `offset` or `tail`: the byte offset to ask for next (absent otherwise)."
+    )
 
 
 class SubStatusIn(BaseModel):
     sub_status: SubStatus
 
 
-class StopIn(BaseModel):
-    """The client sends the Qiskit Runtime service it used, JSON-encoded; the gateway does not need it."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    service: Any = None
-
-
 class JobEventIn(BaseModel):
     """What `send_error` posts from inside a job."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [{"type": "ERROR", "code": "E42", "message": "the backend refused the circuit"}]
+        },
+    )
 
     type: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z_]+$")] = "ERROR"
     code: Any = None
@@ -104,7 +98,10 @@ class JobEventOut(BaseModel):
 
 
 class RuntimeJobIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={"examples": [{"runtime_job": "d1fvy3k0kv2s73fcsq60", "runtime_session": None}]},
+    )
 
     runtime_job: Annotated[str, Field(strict=True, min_length=1, max_length=255, pattern=_PRINTABLE)]
     runtime_session: Annotated[str, Field(strict=True, max_length=255, pattern=_PRINTABLE)] | None = None

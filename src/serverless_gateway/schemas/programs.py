@@ -52,10 +52,18 @@ class RunConfig(BaseModel):
     min_workers: StrictPositiveInt | None = None
     max_workers: StrictPositiveInt | None = None
     auto_scaling: Annotated[bool, Field(strict=True)] | None = False
+    max_run_seconds: StrictPositiveInt | None = Field(
+        default=None, description="Stop the job after this many seconds of running (at most the gateway's limit)."
+    )
 
 
 class RunRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [{"title": "hello-world", "arguments": {"n": 3}, "config": {"workers": 1}}],
+        },
+    )
 
     title: Annotated[str, Field(strict=True, min_length=1, max_length=512)]
     provider: Annotated[str, Field(strict=True, max_length=150)] | None = None
@@ -71,7 +79,9 @@ class RunOut(BaseModel):
 
 
 class ValidateArgumentsRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(
+        extra="ignore", json_schema_extra={"examples": [{"title": "hello-world", "arguments": {"n": 3}}]}
+    )
 
     title: Annotated[str, Field(strict=True, min_length=1, max_length=512)]
     provider: Annotated[str, Field(strict=True, max_length=150)] | None = None

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..auth import hash_token, new_user_token
 from ..errors import BadRequest, Conflict, NotFound
-from ..models import Group, Provider, User
+from ..models import ApiToken, Group, Provider, User
 from ..repositories import accounts as repo
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,149}")
@@ -29,10 +33,66 @@ async def create_user(session: AsyncSession, *, username: str) -> tuple[User, st
     return user, token
 
 
-async def create_token(session: AsyncSession, *, user: User) -> str:
+async def create_token(session: AsyncSession, *, user: User, expires_in: timedelta | None = None) -> str:
+    """A new API token for `user`, valid for `expires_in` (None: until revoked); the plaintext is returned once."""
     token = new_user_token()
-    await repo.add_token(session, user.id, hash_token(token))
+    expires_at = None if expires_in is None else datetime.now(UTC) + expires_in
+    await repo.add_token(session, user.id, hash_token(token), expires_at=expires_at)
     return token
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """What an operator may know of a token: never its secret (only its hash is stored anyway)."""
+
+    id: uuid.UUID
+    created: datetime
+    last_used: datetime | None
+    expires: datetime | None
+    revoked: datetime | None
+    user_disabled: bool = False
+
+    @property
+    def state(self) -> str:
+        if self.revoked is not None:
+            return "revoked"
+        if self.expires is not None and self.expires <= datetime.now(UTC):
+            return "expired"
+        return "user disabled" if self.user_disabled else "active"
+
+
+def _token_info(token: ApiToken, *, user_disabled: bool = False) -> TokenInfo:
+    return TokenInfo(
+        id=token.id,
+        created=token.created_at,
+        last_used=token.last_used_at,
+        expires=token.expires_at,
+        revoked=token.revoked_at,
+        user_disabled=user_disabled,
+    )
+
+
+async def list_tokens(session: AsyncSession, *, username: str) -> list[TokenInfo]:
+    user = await require_user(session, username)
+    return [_token_info(token, user_disabled=user.disabled) for token in await repo.list_tokens(session, user.id)]
+
+
+async def revoke_token(session: AsyncSession, *, token_id: str) -> TokenInfo:
+    """Revoke a token by its id; it stops working within the token cache's TTL."""
+    try:
+        parsed = uuid.UUID(token_id)
+    except ValueError:
+        raise BadRequest(f"{token_id!r} is not a token id (a UUID, as `token list` shows)") from None
+    revoked = await repo.revoke_token(session, parsed)
+    if revoked is None:
+        raise NotFound(f"no token with id {token_id}")
+    return _token_info(revoked)
+
+
+async def set_user_disabled(session: AsyncSession, *, username: str, disabled: bool) -> None:
+    """Disable a user (every token of theirs, and their running jobs' tokens, stop working) or enable it again."""
+    user = await require_user(session, username)
+    await repo.set_user_disabled(session, user.id, disabled)
 
 
 async def require_user(session: AsyncSession, username: str) -> User:
@@ -77,3 +137,19 @@ async def require_provider(session: AsyncSession, name: str) -> Provider:
     if provider is None:
         raise NotFound(f"no provider named {name!r}")
     return provider
+
+
+_LISTINGS = {
+    "users": repo.list_users,
+    "groups": repo.list_groups,
+    "providers": repo.list_providers,
+}
+
+
+async def listing(session: AsyncSession, kind: str, *, provider: str | None = None) -> list[dict[str, Any]]:
+    """What `serverless-gateway user|group|provider list` and `program grants` show, as JSON-ready rows."""
+    if kind == "grants":
+        if provider is not None:
+            await require_provider(session, provider)
+        return await repo.list_program_grants(session, provider=provider)
+    return await _LISTINGS[kind](session)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import io
 import lzma
 import os
 import posixpath
 import shutil
+import stat
 import tarfile
 import tempfile
 import zlib
@@ -18,11 +20,19 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from ..config import Settings
-from ..errors import BadRequest, ServiceUnavailable
-from ..storage import Storage, StorageError
+from ..errors import BadRequest
+from ..storage import Storage
+from .tar_stream import ArtifactRejected as ArtifactRejected
+from .tar_stream import open_tar_stream
 
 READ_CHUNK = 1024 * 1024
 ARTIFACT_PREFIX = "artifacts/"
+MAX_PATH_BYTES = 1024
+MAX_NAME_BYTES = 255
+# tarfile reads ahead of the member it parses; the exact limit is checked at each member's end.
+READ_AHEAD_ALLOWANCE = 1024 * 1024
+_FILE, _DIR, _SYMLINK, _HARDLINK = "file", "directory", "symlink", "hard link"
+_REGULAR = (_FILE, _HARDLINK)
 
 
 def _is_corrupt_data(exc: BaseException) -> bool:
@@ -30,10 +40,6 @@ def _is_corrupt_data(exc: BaseException) -> bool:
     if isinstance(exc, (EOFError, zlib.error, lzma.LZMAError, tarfile.TarError)):
         return True
     return isinstance(exc, OSError) and exc.errno is None
-
-
-class ArtifactRejected(BadRequest):
-    """The artifact is not a tar archive we accept; the message names the offending member."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +95,16 @@ def _reject(member: tarfile.TarInfo, why: str) -> ArtifactRejected:
     return ArtifactRejected(f"unsafe member {member.name!r} in the artifact: {why}")
 
 
+def _check_path(member: tarfile.TarInfo, path: str, what: str) -> None:
+    if len(path.encode("utf-8", errors="surrogateescape")) > MAX_PATH_BYTES:
+        raise _reject(member, f"{what} longer than {MAX_PATH_BYTES} bytes")
+    if any(len(part.encode("utf-8", errors="surrogateescape")) > MAX_NAME_BYTES for part in path.split("/")):
+        raise _reject(member, f"{what} has a part longer than {MAX_NAME_BYTES} bytes")
+
+
 def _check_member(member: tarfile.TarInfo) -> str:
     """The member's normalised name; raises when the member could escape the root or is not plain data."""
+    _check_path(member, member.name, "name")
     if _is_absolute(member.name):
         raise _reject(member, "absolute path")
     name = safe_relative_path(member.name)
@@ -99,22 +113,113 @@ def _check_member(member: tarfile.TarInfo) -> str:
     if member.issym() or member.islnk():
         kind = "symlink" if member.issym() else "hard link"
         target = member.linkname
+        _check_path(member, target, f"{kind} target")
         if _is_absolute(target):
             raise _reject(member, f"{kind} to an absolute path ({target!r})")
-        # A symlink resolves from its own directory, a hard link from the archive root.
-        base = posixpath.dirname(name) if member.issym() else ""
-        resolved = posixpath.normpath(posixpath.join(base, target))
+        resolved = _link_target(member, name)
         if resolved == ".." or resolved.startswith("../"):
             raise _reject(member, f"{kind} pointing outside the archive ({target!r})")
-        if not name:
-            raise _reject(member, f"{kind} as the archive root")
     elif member.ischr() or member.isblk():
         raise _reject(member, "device file")
     elif member.isfifo():
         raise _reject(member, "FIFO")
     elif not (member.isfile() or member.isdir()):
         raise _reject(member, "unsupported member type")
+    if not name and not member.isdir():
+        raise _reject(member, "only a directory may be the archive root")
     return name
+
+
+def _link_target(member: tarfile.TarInfo, name: str) -> str:
+    """Where a link points, as a member name: a symlink resolves from its own directory, a hard link from the root."""
+    base = posixpath.dirname(name) if member.issym() else ""
+    return posixpath.normpath(posixpath.join(base, member.linkname))
+
+
+class _Tree:
+    """What the members seen so far make on disk, to refuse links and names that could not unpack safely.
+
+    Symlinks may only point to regular files of the archive (never to a directory, another symlink or
+    outside), so nothing that walks the unpacked tree can loop or leave it; hard links only to regular files
+    that came earlier (what tar itself can extract); a name keeps one kind; nothing sits inside a non-directory.
+    """
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, str] = {}
+        self.symlinks: list[tuple[tarfile.TarInfo, str]] = []
+
+    def add(self, member: tarfile.TarInfo) -> str:
+        name = _check_member(member)
+        kind = _DIR if member.isdir() else _SYMLINK if member.issym() else _HARDLINK if member.islnk() else _FILE
+        if kind == _HARDLINK and self.kinds.get(_link_target(member, name)) not in _REGULAR:
+            why = f"hard link to {member.linkname!r}, which is not a regular file earlier in the archive"
+            raise _reject(member, why)
+        if kind == _SYMLINK:
+            self.symlinks.append((member, _link_target(member, name)))
+        previous = self.kinds.get(name)
+        if previous is not None and (previous != kind or kind not in (_FILE, _DIR)):
+            raise _reject(member, f"appears twice in the archive (as a {previous}, then as a {kind})")
+        if name:
+            self.kinds[name] = kind
+        return name
+
+    def finish(self) -> None:
+        """The checks that need the whole archive: symlink targets and members inside non-directories."""
+        for member, target in self.symlinks:
+            if self.kinds.get(target) not in _REGULAR:
+                raise _reject(
+                    member,
+                    f"symlink to {member.linkname!r}, which is not a regular file of the archive "
+                    "(symlinks to directories or to other symlinks are refused)",
+                )
+        names = sorted(self.kinds)
+        for name, kind in self.kinds.items():
+            if kind == _DIR:
+                continue
+            inside = bisect.bisect_left(names, name + "/")
+            if inside < len(names) and names[inside].startswith(name + "/"):
+                raise ArtifactRejected(
+                    f"unsafe member {names[inside]!r} in the artifact: inside {name!r}, which is a {kind}"
+                )
+
+
+def _scan(fileobj: BinaryIO, *, wanted: str | None, limits: ArtifactLimits) -> tuple[int, int, bool]:
+    """One forward pass over every member header: (members, bytes of regular files, entrypoint found)."""
+    members = 0
+    unpacked = 0
+    found = False
+    tree = _Tree()
+    try:
+        with open_tar_stream(fileobj, max_bytes=limits.max_unpacked_bytes + READ_AHEAD_ALLOWANCE) as archive:
+            while (member := archive.next()) is not None:
+                members += 1
+                if members > limits.max_members:
+                    raise ArtifactRejected(f"the artifact has more than {limits.max_members} members")
+                name = tree.add(member)
+                if member.isfile():
+                    unpacked += member.size
+                    if unpacked > limits.max_unpacked_bytes:
+                        raise ArtifactRejected(
+                            f"the artifact unpacks to more than {limits.max_unpacked_bytes} bytes "
+                            f"(at member {member.name!r})"
+                        )
+                if archive.offset > limits.max_unpacked_bytes:  # headers and padding count too
+                    raise ArtifactRejected(
+                        f"the artifact unpacks to more than {limits.max_unpacked_bytes} bytes (headers included)"
+                    )
+                if name == wanted and not member.isdir():
+                    found = True
+                cast(Any, archive).members.clear()  # keep memory flat on archives with many members
+        tree.finish()
+    except ArtifactRejected:
+        raise
+    except Exception as exc:
+        if not _is_corrupt_data(exc):
+            raise
+        if members == 0 and isinstance(exc, tarfile.ReadError):
+            raise ArtifactRejected("artifact is not a tar archive") from None
+        raise ArtifactRejected(f"artifact is not a valid tar archive: {exc or type(exc).__name__}") from None
+    return members, unpacked, found
 
 
 def inspect_archive(fileobj: BinaryIO, *, entrypoint: str, limits: ArtifactLimits) -> ArtifactInfo:
@@ -126,35 +231,8 @@ def inspect_archive(fileobj: BinaryIO, *, entrypoint: str, limits: ArtifactLimit
     while chunk := fileobj.read(READ_CHUNK):
         digest.update(chunk)
         size += len(chunk)
-    fileobj.seek(0)
-    members = 0
-    unpacked = 0
-    found = False
     try:
-        with tarfile.open(fileobj=fileobj, mode="r:*") as archive:
-            while (member := archive.next()) is not None:
-                members += 1
-                if members > limits.max_members:
-                    raise ArtifactRejected(f"the artifact has more than {limits.max_members} members")
-                name = _check_member(member)
-                if member.isfile():
-                    unpacked += member.size
-                    if unpacked > limits.max_unpacked_bytes:
-                        raise ArtifactRejected(
-                            f"the artifact unpacks to more than {limits.max_unpacked_bytes} bytes "
-                            f"(at member {member.name!r})"
-                        )
-                if name == wanted and (member.isfile() or member.issym() or member.islnk()):
-                    found = True
-                cast(Any, archive).members.clear()  # keep memory flat on archives with many members
-    except ArtifactRejected:
-        raise
-    except Exception as exc:
-        if not _is_corrupt_data(exc):
-            raise
-        if members == 0 and isinstance(exc, tarfile.ReadError):
-            raise ArtifactRejected("artifact is not a tar archive") from None
-        raise ArtifactRejected(f"artifact is not a valid tar archive: {exc or type(exc).__name__}") from None
+        members, unpacked, found = _scan(fileobj, wanted=wanted, limits=limits)
     finally:
         fileobj.seek(0)
     if not found:
@@ -176,45 +254,57 @@ async def _chunks(fileobj: BinaryIO) -> AsyncIterator[bytes]:
 async def store_artifact(storage: Storage, fileobj: BinaryIO, info: ArtifactInfo) -> str:
     """Put the checked archive under its content address, unless an identical one is stored already."""
     key = info.key
-    try:
-        if not await storage.exists(key):
-            await storage.put_stream(key, _chunks(fileobj), max_bytes=info.size)
-    except StorageError as exc:
-        raise ServiceUnavailable(f"storage is unavailable: {exc}") from None
+    if not await storage.exists(key):
+        await storage.put_stream(key, _chunks(fileobj), max_bytes=info.size)
     return key
 
 
-def _extract(archive: Path | bytes, dest_dir: Path) -> None:
-    if dest_dir.is_dir():
+def is_real_dir(path: Path) -> bool:
+    """Whether `path` is a directory itself, not a symlink to one (one `lstat`)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _open_archive(archive: Path | bytes) -> BinaryIO:
+    return io.BytesIO(archive) if isinstance(archive, bytes) else archive.open("rb")
+
+
+def _extract(archive: Path | bytes, dest_dir: Path, limits: ArtifactLimits) -> None:
+    if is_real_dir(dest_dir):
         return
     dest_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", dir=dest_dir.parent))
-    try:
-        opened = (
-            tarfile.open(fileobj=io.BytesIO(archive), mode="r:*")
-            if isinstance(archive, bytes)
-            else tarfile.open(archive, mode="r:*")
-        )
-        with opened as tar:
-            tar.extractall(tmp, filter="data")
+    with _open_archive(archive) as fileobj:
         try:
-            os.rename(tmp, dest_dir)
-        except OSError:
-            if not dest_dir.is_dir():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another task unpacked the same archive first
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, Exception) and _is_corrupt_data(exc):
-            raise ArtifactRejected(f"cannot unpack the artifact: {exc or type(exc).__name__}") from None
-        raise
+            _scan(fileobj, wanted=None, limits=limits)
+        except ArtifactRejected as exc:
+            raise ArtifactRejected(f"cannot unpack the artifact: {exc.message}") from None
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest_dir.name}.", dir=dest_dir.parent))
+        try:
+            with open_tar_stream(fileobj, max_bytes=limits.max_unpacked_bytes + READ_AHEAD_ALLOWANCE) as tar:
+                tar.extractall(tmp, filter="data")
+            try:
+                os.rename(tmp, dest_dir)
+            except OSError:
+                if not is_real_dir(dest_dir):
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)  # another task unpacked the same archive first
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, ArtifactRejected):
+                raise ArtifactRejected(f"cannot unpack the artifact: {exc.message}") from None
+            if isinstance(exc, Exception) and _is_corrupt_data(exc):
+                raise ArtifactRejected(f"cannot unpack the artifact: {exc or type(exc).__name__}") from None
+            raise
 
 
-async def unpack_artifact(archive: Path | bytes, dest_dir: Path) -> Path:
+async def unpack_artifact(archive: Path | bytes, dest_dir: Path, *, limits: ArtifactLimits | None = None) -> Path:
     """Extract an archive (a file path or its bytes) into `dest_dir`, once: an existing `dest_dir` is kept as is.
 
-    Extraction uses tarfile's `data` filter, so even an archive that skipped `inspect_archive` cannot write
-    outside `dest_dir`, create devices or links that leave it. The directory appears atomically (rename).
+    The archive is checked again as at upload (archives stored before a rule existed meet it here), within
+    `limits` (default: the default settings'), then extracted with tarfile's `data` filter, so nothing can
+    land outside `dest_dir`. The directory appears atomically (rename).
     """
-    await asyncio.to_thread(_extract, archive, dest_dir)
+    await asyncio.to_thread(_extract, archive, dest_dir, limits or ArtifactLimits.from_settings(Settings()))
     return dest_dir

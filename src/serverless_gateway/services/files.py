@@ -10,13 +10,15 @@ from urllib.parse import quote
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..auth import Principal, is_provider_admin
-from ..errors import ErrorDetail, NotFound, PayloadTooLarge, ServiceUnavailable, ValidationFailed
+from ..auth import Principal
+from ..errors import ErrorDetail, NotFound, PayloadTooLarge, TooManyRequests, ValidationFailed
 from ..repositories import accounts as accounts_repo
 from ..repositories import jobs as jobs_repo
 from ..repositories import programs as programs_repo
-from ..storage import Storage, StorageUnavailable
+from ..repositories.access import is_provider_admin
+from ..storage import Storage
 from ..storage.base import ObjectNotFound, ObjectTooLarge
+from ..storage.usage import SpaceUsage
 from .program_inputs import split_title
 
 MAX_NAME_BYTES = 255
@@ -25,11 +27,13 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 @dataclass(frozen=True, slots=True)
 class FileScope:
-    """One folder of files: a user's (or a provider's) files of one function."""
+    """One folder of files: a user's (or a provider's) files of one function, inside its owner's file space."""
 
     prefix: str
     function: str
     provider: str | None
+    space: str
+    """The owner's whole file space (all functions), which the byte quota covers."""
 
     def key(self, name: str) -> str:
         return self.prefix + name
@@ -66,14 +70,24 @@ def key_part(text: str) -> str:
     return encoded
 
 
+def user_files_space(user_id: object) -> str:
+    """Where all of a user's files live."""
+    return f"files/users/{user_id}/"
+
+
 def user_files_prefix(user_id: object, provider: str | None, title: str) -> str:
     """Where a user's files of a function live: `files/users/<user id>/<provider or _>/<function>/`."""
-    return f"files/users/{user_id}/{provider or '_'}/{key_part(title)}/"
+    return f"{user_files_space(user_id)}{provider or '_'}/{key_part(title)}/"
+
+
+def provider_files_space(provider: str) -> str:
+    """Where all of a provider's own files live."""
+    return f"files/providers/{provider}/"
 
 
 def provider_files_prefix(provider: str, title: str) -> str:
     """Where a provider's own files of its function live: `files/providers/<provider>/<function>/`."""
-    return f"files/providers/{provider}/{key_part(title)}/"
+    return f"{provider_files_space(provider)}{key_part(title)}/"
 
 
 def _function_not_found(title: str, provider: str | None) -> NotFound:
@@ -98,7 +112,12 @@ async def _visible_function(
 async def user_scope(session: AsyncSession, *, principal: Principal, function: str, provider: str | None) -> FileScope:
     """The caller's own files of a function it may see."""
     provider, title = await _visible_function(session, principal, function, provider or None)
-    return FileScope(prefix=user_files_prefix(principal.user_id, provider, title), function=title, provider=provider)
+    return FileScope(
+        prefix=user_files_prefix(principal.user_id, provider, title),
+        function=title,
+        provider=provider,
+        space=user_files_space(principal.user_id),
+    )
 
 
 async def provider_scope(
@@ -115,18 +134,16 @@ async def provider_scope(
     if found is None or not await is_provider_admin(session, principal.user_id, found.id):
         raise NotFound(f"Provider {provider!r} not found, or you are not one of its admins.")
     await _visible_function(session, principal, title, provider)
-    return FileScope(prefix=provider_files_prefix(provider, title), function=title, provider=provider)
-
-
-def _unavailable(exc: StorageUnavailable) -> ServiceUnavailable:
-    return ServiceUnavailable(f"File storage is unavailable: {exc}")
+    return FileScope(
+        prefix=provider_files_prefix(provider, title),
+        function=title,
+        provider=provider,
+        space=provider_files_space(provider),
+    )
 
 
 async def list_files(storage: Storage, scope: FileScope) -> list[str]:
-    try:
-        objects = await storage.list(scope.prefix)
-    except StorageUnavailable as exc:
-        raise _unavailable(exc) from None
+    objects = await storage.list(scope.prefix)
     return sorted(info.key for info in objects if "/" not in info.key)
 
 
@@ -151,8 +168,6 @@ async def open_download(storage: Storage, scope: FileScope, name: str) -> Downlo
             first = b""
     except ObjectNotFound:
         raise NotFound(f"File {name!r} not found.") from None
-    except StorageUnavailable as exc:
-        raise _unavailable(exc) from None
 
     async def chunks() -> AsyncIterator[bytes]:
         if first:
@@ -163,24 +178,71 @@ async def open_download(storage: Storage, scope: FileScope, name: str) -> Downlo
     return Download(name=name, size=info.size, chunks=chunks())
 
 
+@dataclass(frozen=True, slots=True)
+class FileLimits:
+    """The upload size limit and the quotas an upload must stay within."""
+
+    max_upload_bytes: int
+    max_files_per_function: int
+    max_space_bytes: int
+    expected_bytes: int | None = None
+    """The request's declared length, when known: the file is no larger, so no more of the quota is held."""
+
+    @property
+    def most_bytes(self) -> int:
+        if self.expected_bytes is None:
+            return self.max_upload_bytes
+        return min(self.max_upload_bytes, self.expected_bytes)
+
+
+def _check_file_count(scope: FileScope, in_folder: dict[str, int], name: str, limits: FileLimits) -> None:
+    if name not in in_folder and len(in_folder) >= limits.max_files_per_function:
+        raise TooManyRequests(
+            f"The function {scope.function!r} already has {len(in_folder)} files, the limit is "
+            f"{limits.max_files_per_function}; delete some first."
+        )
+
+
+def _space_full(quota: int, used: int) -> str:
+    return f"The upload would pass the file quota of {quota} bytes ({used} bytes are used); delete some files first."
+
+
 async def upload_file(
-    storage: Storage, scope: FileScope, *, name: str, chunks: AsyncIterable[bytes], max_bytes: int
+    storage: Storage,
+    usage: SpaceUsage,
+    scope: FileScope,
+    *,
+    name: str,
+    chunks: AsyncIterable[bytes],
+    limits: FileLimits,
 ) -> int:
-    """Store (or replace) a file; 413 past `max_bytes`, and then nothing is kept."""
+    """Store (or replace) a file; 413 past the upload limit, 429 past a quota, and then nothing is kept."""
     key = scope.key(check_file_name(name))
+    in_folder = {info.key: info.size for info in await storage.list(scope.prefix) if "/" not in info.key}
+    _check_file_count(scope, in_folder, name, limits)
+    freed = in_folder.get(name, 0)
+    held, used = await usage.reserve(
+        storage, scope.space, quota=limits.max_space_bytes, freed=freed, upto=limits.most_bytes
+    )
+    if held <= 0:
+        raise TooManyRequests(_space_full(limits.max_space_bytes, used))
+    stored: int | None = None
     try:
-        return await storage.put_stream(key, chunks, max_bytes=max_bytes)
+        stored = await storage.put_stream(key, chunks, max_bytes=held)
+        return stored
     except ObjectTooLarge:
-        raise PayloadTooLarge(f"The file is larger than the limit of {max_bytes} bytes.") from None
-    except StorageUnavailable as exc:
-        raise _unavailable(exc) from None
+        if held < limits.most_bytes:
+            raise TooManyRequests(_space_full(limits.max_space_bytes, used)) from None
+        raise PayloadTooLarge(f"The file is larger than the limit of {limits.max_upload_bytes} bytes.") from None
+    finally:
+        usage.settle(scope.space, held=held, stored=stored, freed=freed)
 
 
-async def delete_file(storage: Storage, scope: FileScope, name: str) -> None:
+async def delete_file(storage: Storage, usage: SpaceUsage, scope: FileScope, name: str) -> None:
     key = scope.key(check_file_name(name))
     try:
         deleted = await storage.delete(key)
-    except StorageUnavailable as exc:
-        raise _unavailable(exc) from None
+    finally:
+        usage.changed(scope.space)
     if not deleted:
         raise NotFound(f"File {name!r} not found.")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from sqlalchemy import inspect
+
+from .. import metrics
 from ..models import Job, JobStatus
 
 _ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
@@ -22,10 +25,6 @@ class InvalidTransition(Exception):
     """A status change the state machine forbids (for example, out of a terminal state)."""
 
 
-def can_transition(current: JobStatus, new: JobStatus) -> bool:
-    return new == current or new in _ALLOWED[current]
-
-
 def transition(job: Job, new: JobStatus, *, message: str | None = None, now: datetime | None = None) -> bool:
     """Move `job` to `new`, stamping started/finished times; False when it is already there.
 
@@ -37,6 +36,15 @@ def transition(job: Job, new: JobStatus, *, message: str | None = None, now: dat
     if new not in _ALLOWED[current]:
         raise InvalidTransition(f"job {job.id}: {current} -> {new} is not allowed")
     stamp = now or datetime.now(UTC)
+    loaded = inspect(job).dict  # only what is loaded: reading an expired column would need IO here
+    metrics.record_transition(
+        old=current.value,
+        new=new.value,
+        at=stamp,
+        created_at=loaded.get("created_at"),
+        submitted_at=loaded.get("submitted_at"),
+        started_at=loaded.get("started_at"),
+    )
     job.status = new.value
     if new == JobStatus.RUNNING and job.started_at is None:
         job.started_at = stamp

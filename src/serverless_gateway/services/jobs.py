@@ -11,12 +11,13 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..auth import Principal, is_provider_admin
+from ..auth import Principal
 from ..db import call_after_commit
-from ..errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge
+from ..errors import BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, TooManyRequests
 from ..models import Job, JobEvent, JobStatus
 from ..repositories import accounts as accounts_repo
 from ..repositories import jobs as repo
+from ..repositories.access import is_provider_admin
 from ..schemas.jobs import (
     JobEventIn,
     JobEventOut,
@@ -28,14 +29,12 @@ from ..schemas.jobs import (
 )
 from ..state import GatewayState
 from ..storage.base import Storage
-from . import logs, results
+from . import log_follow, log_windows, logs, results
 from .job_state import transition
+from .results import MAX_JSON_DEPTH, nested_deeper_than
 
 MAX_EVENT_BYTES = 256 * 1024
-MAX_JSON_DEPTH = 100
-"""Deepest nesting of a result or an event: far beyond real use, well within what the JSON encoders accept."""
 _UNSTORABLE_CHARACTER = re.compile("[\x00\ud800-\udfff]")
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 ORIGIN_API = "API"
 
 
@@ -47,18 +46,8 @@ def _program_out(found: repo.JobWithProgram) -> JobProgramOut:
     return JobProgramOut(id=found.job.program_id, title=found.program_title, provider=found.provider_name)
 
 
-def decode_result(text: str | None) -> Any:
-    """The stored result as a JSON value; NaN and infinities (valid for Python, not for JSON) read as null."""
-    if text is None:
-        return None
-    try:
-        return json.loads(text, parse_constant=lambda _: None)
-    except ValueError:
-        return text
-
-
-def job_out(found: repo.JobWithProgram, *, with_result: bool, result: str | None = None) -> JobOut:
-    """The job as the API shows it; `result` is its result text when `with_result` (see services.results)."""
+def job_out(found: repo.JobWithProgram) -> JobOut:
+    """The job as the API shows it, without its result (the API adds the stored text as it is)."""
     job = found.job
     return JobOut(
         id=job.id,
@@ -69,7 +58,6 @@ def job_out(found: repo.JobWithProgram, *, with_result: bool, result: str | None
         updated=job.updated_at,
         started=job.started_at,
         finished=job.finished_at,
-        result=decode_result(result) if with_result else None,
         message=job.message,
     )
 
@@ -129,112 +117,52 @@ async def _own_job(
 
 async def get_job(
     session: AsyncSession, storage: Storage, *, principal: Principal, job_id: uuid.UUID, with_result: bool
-) -> JobOut:
+) -> tuple[JobOut, AsyncIterator[bytes] | None]:
+    """The job, and its result text in chunks when asked for and there is one."""
     found = await _own_job(session, principal, job_id, with_result=with_result)
-    if not with_result:
-        return job_out(found, with_result=False)
-    return job_out(found, with_result=True, result=await results.load_result(storage, found.job))
+    result = await results.open_result(storage, found.job) if with_result else None
+    return job_out(found), result
 
 
-async def get_result(session: AsyncSession, storage: Storage, *, principal: Principal, job_id: uuid.UUID) -> str | None:
-    """The result exactly as the job saved it (a JSON string), or None when there is none yet."""
+async def get_result(
+    session: AsyncSession, storage: Storage, *, principal: Principal, job_id: uuid.UUID
+) -> AsyncIterator[bytes] | None:
+    """The result exactly as stored (JSON text, in chunks), or None when there is none yet."""
     found = await _own_job(session, principal, job_id, with_result=True)
-    return await results.load_result(storage, found.job)
-
-
-def _is_utf8(text: str) -> bool:
-    """False for text holding lone surrogates (JSON allows their escapes; UTF-8 and PostgreSQL do not)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return await results.open_result(storage, found.job)
 
 
 def _too_deep(what: str) -> BadRequest:
     return BadRequest(f"Invalid request: {what}: nested more than {MAX_JSON_DEPTH} levels deep.")
 
 
-def _nested_deeper_than(value: Any, limit: int) -> bool:
-    """Whether lists and objects nest more than `limit` levels (walked without recursion)."""
-    pending: list[tuple[Any, int]] = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        if depth > limit:
-            return True
-        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return False
-
-
-def _lone_surrogate() -> BadRequest:
-    return BadRequest("Invalid request: result: holds a lone Unicode surrogate, which is not valid text.")
-
-
-def result_text(value: Any) -> str:
-    """A result as sent (a JSON string, or a JSON value) turned into the JSON text to store; 400 when not JSON."""
-    if value is None:
-        raise BadRequest("Invalid request: result: Field required (a JSON string).")
-    if isinstance(value, str):
-        try:
-            parsed = json.loads(value)
-        except ValueError as exc:
-            raise BadRequest(f"Invalid request: result: not valid JSON ({exc}).") from None
-        except RecursionError:
-            raise _too_deep("result") from None
-        if not _is_utf8(value):
-            raise _lone_surrogate()
-        if _nested_deeper_than(parsed, MAX_JSON_DEPTH):
-            raise _too_deep("result")
-        if _SURROGATE_ESCAPE.search(value) and not _is_utf8(json.dumps(parsed, ensure_ascii=False)):
-            raise _lone_surrogate()
-        return value
-    if _nested_deeper_than(value, MAX_JSON_DEPTH):
-        raise _too_deep("result")
-    try:
-        text = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        raise BadRequest(f"Invalid request: result: not a JSON value ({exc}).") from None
-    except RecursionError:
-        raise _too_deep("result") from None
-    if not _is_utf8(text):
-        raise _lone_surrogate()
-    return text
-
-
 async def save_result(
     session: AsyncSession, storage: Storage, *, principal: Principal, job_id: uuid.UUID, result: Any, max_bytes: int
-) -> JobOut:
-    """Legacy `save_result`: store the result of a job that has not ended yet (409 once it has)."""
-    text = result_text(result)
-    if len(text.encode("utf-8", errors="surrogatepass")) > max_bytes:
-        raise PayloadTooLarge(f"The result is larger than the limit of {max_bytes} bytes.")
+) -> tuple[JobOut, str]:
+    """Legacy `save_result`: store the result of a job that has not ended yet (409 once it has).
+
+    The result is checked before the job's row is locked; a stored copy it replaces goes after the commit.
+    """
+    text = await results.result_text(result, max_bytes=max_bytes)
     found = await _own_job(session, principal, job_id, lock=True)
     job = found.job
     status = JobStatus(job.status)
     if status.is_terminal():
         raise Conflict(f"Job has already finished ({status.value}); its result can no longer change.")
-    await results.store_result(storage, job, text)
+    replaced = await results.store_result(storage, job, text)
     await repo.save_job(session, job)
-    return job_out(found, with_result=True, result=text)
+    if replaced is not None:
+        call_after_commit(session, lambda: results.remove_after_commit(storage, replaced))
+    return job_out(found), text
 
 
-async def read_logs(
-    state: GatewayState, session: AsyncSession, *, principal: Principal, job_id: uuid.UUID
-) -> AsyncIterator[str]:
-    """The logs the job's author sees, in pieces (for a provider's function: without its `[PRIVATE]` lines)."""
-    found = await _own_job(session, principal, job_id)
-    return await logs.open_job_logs(
-        state, found.job, provider_program=found.provider_id is not None, for_provider=False
-    )
-
-
-async def read_provider_logs(
-    state: GatewayState, session: AsyncSession, *, principal: Principal, job_id: uuid.UUID
-) -> AsyncIterator[str]:
-    """The whole logs of a provider function's job, in pieces, for the provider's admins only."""
+async def _logs_reader(
+    session: AsyncSession, principal: Principal, job_id: uuid.UUID, *, as_provider: bool
+) -> tuple[Job, bool]:
+    """The job whose logs are read, and whether this reader sees them filtered (a provider function's user)."""
+    if not as_provider:
+        found = await _own_job(session, principal, job_id)
+        return found.job, found.provider_id is not None
     principal.check_job(job_id)
     looked_up = await repo.get_job_for_reader(session, job_id=job_id, user_id=principal.user_id)
     if looked_up is None:
@@ -242,7 +170,54 @@ async def read_provider_logs(
     found, _is_author, is_admin = looked_up
     if not is_admin:
         raise Forbidden("Only the admins of the function's provider may read its provider logs.")
-    return await logs.open_job_logs(state, found.job, provider_program=True, for_provider=True)
+    return found.job, False
+
+
+async def read_logs(
+    state: GatewayState, session: AsyncSession, *, principal: Principal, job_id: uuid.UUID
+) -> AsyncIterator[str]:
+    """The logs the job's author sees, in pieces (for a provider's function: without its `[PRIVATE]` lines)."""
+    job, filtered = await _logs_reader(session, principal, job_id, as_provider=False)
+    return await logs.open_job_logs(state, job, provider_program=filtered, for_provider=False)
+
+
+async def read_provider_logs(
+    state: GatewayState, session: AsyncSession, *, principal: Principal, job_id: uuid.UUID
+) -> AsyncIterator[str]:
+    """The whole logs of a provider function's job, in pieces, for the provider's admins only."""
+    job, _ = await _logs_reader(session, principal, job_id, as_provider=True)
+    return await logs.open_job_logs(state, job, provider_program=True, for_provider=True)
+
+
+async def read_logs_window(
+    state: GatewayState,
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    job_id: uuid.UUID,
+    offset: int | None,
+    tail: int | None,
+    as_provider: bool,
+) -> log_windows.LogWindow:
+    """A window of the job's logs (from a byte offset, or its last lines) with the offset to continue from."""
+    if offset is not None and tail is not None:
+        raise BadRequest("Invalid request: ask for either offset or tail, not both.")
+    job, filtered = await _logs_reader(session, principal, job_id, as_provider=as_provider)
+    return await log_windows.read_log_window(state, job, offset=offset, tail=tail, user_view=filtered)
+
+
+async def follow_logs(
+    state: GatewayState,
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    job_id: uuid.UUID,
+    offset: int,
+    as_provider: bool,
+) -> AsyncIterator[bytes]:
+    """The job's log as Server-Sent Events from byte `offset` until it ended (access checked now, once)."""
+    job, filtered = await _logs_reader(session, principal, job_id, as_provider=as_provider)
+    return log_follow.follow_log_events(state, job.id, offset=offset, user_view=filtered)
 
 
 async def _record(session: AsyncSession, job: Job, *, event_type: str, context: str, data: dict[str, Any]) -> JobEvent:
@@ -271,8 +246,14 @@ async def stop_job(session: AsyncSession, *, principal: Principal, job_id: uuid.
     return f"Job stop requested; it was {status.value} and becomes STOPPED once Ray confirms."
 
 
+def _refuse_if_ended(job: Job, what: str) -> None:
+    status = JobStatus(job.status)
+    if status.is_terminal():
+        raise Conflict(f"Job has already finished ({status.value}); it takes no more {what}.")
+
+
 async def set_sub_status(
-    session: AsyncSession, *, principal: Principal, job_id: uuid.UUID, sub_status: SubStatus
+    session: AsyncSession, *, principal: Principal, job_id: uuid.UUID, sub_status: SubStatus, max_events: int
 ) -> JobOut:
     """What a running job says it is doing; refused (409) once the job has ended."""
     found = await _own_job(session, principal, job_id, lock=True)
@@ -282,15 +263,16 @@ async def set_sub_status(
         raise Conflict(f"Job has already finished ({status.value}); its sub-status can no longer change.")
     if job.sub_status != sub_status.value:
         job.sub_status = sub_status.value
-        await _record(
-            session,
-            job,
-            event_type="STATUS_CHANGE",
-            context="SET_SUB_STATUS",
-            data={"status": status.value, "sub_status": sub_status.value},
-        )
+        if await repo.count_events(session, job_id=job.id, at_most=max_events) < max_events:
+            await _record(
+                session,
+                job,
+                event_type="STATUS_CHANGE",
+                context="SET_SUB_STATUS",
+                data={"status": status.value, "sub_status": sub_status.value},
+            )
         await repo.save_job(session, job)
-    return job_out(found, with_result=False)
+    return job_out(found)
 
 
 def _storable(value: Any) -> Any:
@@ -317,11 +299,12 @@ def event_out(event: JobEvent) -> JobEventOut:
 
 
 async def add_event(
-    session: AsyncSession, *, principal: Principal, job_id: uuid.UUID, event: JobEventIn
+    session: AsyncSession, *, principal: Principal, job_id: uuid.UUID, event: JobEventIn, max_events: int
 ) -> JobEventOut:
-    """Record what `send_error` reports from inside a job."""
-    found = await _own_job(session, principal, job_id)
-    if _nested_deeper_than([event.code, event.message, event.exception, event.args], MAX_JSON_DEPTH):
+    """Record what `send_error` reports from inside a job: 409 once the job ended, 429 past `max_events`."""
+    found = await _own_job(session, principal, job_id, lock=True)
+    _refuse_if_ended(found.job, "events")
+    if nested_deeper_than([event.code, event.message, event.exception, event.args], MAX_JSON_DEPTH):
         raise _too_deep("event")
     try:
         data = _storable(
@@ -332,6 +315,8 @@ async def add_event(
         raise _too_deep("event") from None
     if size > MAX_EVENT_BYTES:
         raise PayloadTooLarge(f"The event is larger than the limit of {MAX_EVENT_BYTES} bytes.")
+    if await repo.count_events(session, job_id=job_id, at_most=max_events) >= max_events:
+        raise TooManyRequests(f"The job has reached its limit of {max_events} events.")
     context = "SEND_ERROR" if event.type.upper() == "ERROR" else "SEND_EVENT"
     stored = await _record(session, found.job, event_type=event.type.upper(), context=context, data=data)
     return event_out(stored)
@@ -346,12 +331,20 @@ async def list_events(
 
 
 async def add_runtime_job(
-    session: AsyncSession, *, principal: Principal, job_id: uuid.UUID, body: RuntimeJobIn
+    session: AsyncSession, *, principal: Principal, job_id: uuid.UUID, body: RuntimeJobIn, max_runtime_jobs: int
 ) -> RuntimeJobOut:
-    found = await _own_job(session, principal, job_id)
+    """Record a Qiskit Runtime job the job started: 409 once the job ended, 429 past `max_runtime_jobs`."""
+    found = await _own_job(session, principal, job_id, lock=True)
+    _refuse_if_ended(found.job, "runtime jobs")
     row = await repo.add_runtime_job(
-        session, job_id=found.job.id, runtime_job=body.runtime_job, runtime_session=body.runtime_session or None
+        session,
+        job_id=found.job.id,
+        runtime_job=body.runtime_job,
+        runtime_session=body.runtime_session or None,
+        max_rows=max_runtime_jobs,
     )
+    if row is None:
+        raise TooManyRequests(f"The job has reached its limit of {max_runtime_jobs} runtime jobs.")
     return RuntimeJobOut(runtime_job=row.runtime_job, runtime_session=row.runtime_session)
 
 

@@ -7,80 +7,87 @@ JSON-escaped piece by piece, so a reader never holds the whole log in memory (on
 
 from __future__ import annotations
 
-import codecs
-import json
-import re
 from collections.abc import AsyncIterator
 
 from ..models import Job, JobStatus
 from ..state import GatewayState
 from ..storage.base import ObjectNotFound
+from .json_stream import decoded_chunks, string_field_body
 
 _PUBLIC = "[PUBLIC]"
 _PRIVATE = "[PRIVATE]"
-_PREFIXED = re.compile(r"^(?P<head>.*?)(?P<tag>\[PUBLIC\]|\[PRIVATE\])\s?(?P<rest>.*)$")
 LOG_CHUNK_SIZE = 256 * 1024
+MAX_FILTERED_LINE = 1024 * 1024
+"""A longer line of a provider's function is not shown to its user: its tag could come after any cut."""
+_LONG_LINE_NOTE = f"[gateway] a line longer than {MAX_FILTERED_LINE} characters is not shown\n"
 
 
 def _user_line(line: str) -> str:
-    """One line (with its line break) as the function's user sees it: "" for a `[PRIVATE]` line."""
-    match = _PREFIXED.match(line)
-    if match is None:
+    """One line (with its `\\n`) as the function's user sees it: "" when `[PRIVATE]` is anywhere in it."""
+    if _PRIVATE in line:
+        return ""
+    if _PUBLIC not in line:
         return line
-    if match.group("tag") == _PUBLIC:
-        return match.group("head") + match.group("rest") + ("\n" if line.endswith("\n") else "")
-    return ""
+    head, _, rest = line.partition(_PUBLIC)
+    return head + (rest[1:] if rest[:1] in (" ", "\t") else rest)
+
+
+def _user_lines(text: str, max_line: int) -> str:
+    """`_user_line` over each line of `text` (lines end with `\\n`, the last one may not)."""
+    if _PRIVATE not in text and _PUBLIC not in text and len(text) <= max_line:
+        return text
+    lines = text.split("\n")
+    last = lines.pop()
+    kept = [_LONG_LINE_NOTE if len(line) > max_line else _user_line(line + "\n") for line in lines]
+    return "".join(kept) + (_LONG_LINE_NOTE if len(last) > max_line else _user_line(last))
 
 
 def split_logs(raw: str, *, for_provider: bool) -> str:
-    """User view: drop `[PRIVATE]` lines and strip `[PUBLIC]` tags. Provider view: everything, as is.
+    """User view: drop lines holding `[PRIVATE]` and strip `[PUBLIC]` tags. Provider view: everything, as is.
 
-    Lines that carry no tag are user-visible (print output, tracebacks); the provider sees all lines.
+    Lines end at `\\n` only (a `\\r` or any other separator stays inside its line, so it cannot end a
+    private line early); lines that carry no tag are user-visible (print output, tracebacks).
     """
     if for_provider:
         return raw
-    return "".join(_user_line(line) for line in raw.splitlines(keepends=True))
+    log_filter = UserLogFilter()
+    return log_filter.feed(raw) + log_filter.finish()
 
 
 class UserLogFilter:
-    """`split_logs(..., for_provider=False)` over text arriving in pieces: same output, one line held back.
+    """`split_logs(..., for_provider=False)` over text arriving in pieces; holds back at most one line.
 
-    The last line of what has arrived is held back even when it ends with a line break, because a `\\r`
-    followed by a `\\n` in the next piece is one line break, not two.
+    A line longer than `MAX_FILTERED_LINE` is left out whole (with a note), so memory stays bounded.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_line: int = MAX_FILTERED_LINE) -> None:
         self._carry = ""
+        self._skipping = False
+        self._max_line = max_line
 
     def feed(self, text: str) -> str:
-        if not text:
-            return ""
-        lines = (self._carry + text).splitlines(keepends=True)
-        self._carry = lines.pop()
-        return "".join(_user_line(line) for line in lines)
+        data, self._carry = self._carry + text, ""
+        start = 0
+        if self._skipping:
+            start = data.find("\n") + 1
+            if start == 0:
+                return ""
+            self._skipping = False
+        cut = data.rfind("\n", start) + 1
+        complete = _user_lines(data[start:cut], self._max_line) if cut > start else ""
+        rest = data[max(cut, start) :]
+        if len(rest) > self._max_line:
+            self._skipping = True
+            return complete + _LONG_LINE_NOTE
+        self._carry = rest
+        return complete
 
     def finish(self) -> str:
         rest, self._carry = self._carry, ""
-        return "".join(_user_line(line) for line in rest.splitlines(keepends=True))
-
-
-async def _decoded(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[str]:
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    text = decoder.decode(first)
-    if text:
-        yield text
-    try:
-        async for chunk in rest:
-            text = decoder.decode(chunk)
-            if text:
-                yield text
-    finally:
-        close = getattr(rest, "aclose", None)
-        if close is not None:
-            await close()
-    text = decoder.decode(b"", final=True)
-    if text:
-        yield text
+        if self._skipping:
+            self._skipping = False
+            return ""
+        return _user_line(rest)
 
 
 async def _one(text: str) -> AsyncIterator[str]:
@@ -111,7 +118,7 @@ async def open_raw_job_logs(state: GatewayState, job: Job) -> AsyncIterator[str]
             first = await anext(chunks)
         except (ObjectNotFound, StopAsyncIteration):
             return _one("")
-        return _decoded(first, chunks)
+        return decoded_chunks(chunks, first)
     if (
         state.engine is not None
         and job.ray_submission_id
@@ -142,13 +149,6 @@ async def read_job_logs(state: GatewayState, job: Job, *, provider_program: bool
     return "".join([piece async for piece in pieces])
 
 
-async def logs_json_body(pieces: AsyncIterator[str]) -> AsyncIterator[bytes]:
+def logs_json_body(pieces: AsyncIterator[str]) -> AsyncIterator[bytes]:
     """`{"logs": "<text>"}` exactly as FastAPI renders `JobLogsOut`, built piece by piece."""
-    yield b'{"logs":"'
-    async for piece in pieces:
-        yield _escape(piece)
-    yield b'"}'
-
-
-def _escape(text: str) -> bytes:
-    return json.dumps(text, ensure_ascii=False)[1:-1].encode("utf-8")
+    return string_field_body("logs", pieces)

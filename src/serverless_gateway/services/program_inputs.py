@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import json
 import re
 from typing import Any
 
-from jsonschema import SchemaError, exceptions, validators
-from jsonschema.protocols import Validator
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
-
-from ..errors import BadRequest, ErrorDetail, ValidationFailed
+from ..errors import ErrorDetail, PayloadTooLarge, ValidationFailed
 from ..models import ProgramType
+from .argument_schemas import MAX_SCHEMA_BYTES, check_schema_document, validation_slots
+from .requirements import allowed_names, requirement_refusal
 
-_TITLE = re.compile(r"^[^/\x00-\x1f\x7f\ud800-\udfff]{1,255}$")
+TITLE_PATTERN = r"^(?!\.+$)[A-Za-z0-9_.-]{1,255}$"
+_TITLE = re.compile(TITLE_PATTERN)
+TITLE_RULE = "1 to 255 letters, digits, '-', '_' or '.' (not only dots); 'provider/title' names a provider's function"
 PROVIDER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,149}$"
 _PROVIDER = re.compile(PROVIDER_PATTERN)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
@@ -42,7 +41,7 @@ def split_title(title: str, provider: str | None) -> tuple[str | None, str]:
             raise invalid("provider", f"the title names provider {head!r} but the provider field says {provider!r}")
         provider, title = head, tail
     if not _TITLE.fullmatch(title):
-        raise invalid("title", "must be 1 to 255 characters, without '/' or control characters")
+        raise invalid("title", f"must be {TITLE_RULE}")
     if provider is not None and not _PROVIDER.fullmatch(provider):
         raise invalid("provider", "not a valid provider name")
     return provider, title
@@ -76,15 +75,17 @@ def parse_dependencies(values: list[str] | None, allowlist: list[str] | None) ->
             items.append(text)
     if len(items) > MAX_DEPENDENCIES:
         raise invalid("dependencies", f"at most {MAX_DEPENDENCIES} dependencies")
-    allowed = {canonicalize_name(name) for name in allowlist} if allowlist is not None else None
+    allowed = allowed_names(allowlist)
     for item in items:
-        try:
-            requirement = Requirement(item)
-        except InvalidRequirement as exc:
-            raise invalid("dependencies", f"{item!r} is not a valid requirement: {exc}") from None
-        if allowed is not None and canonicalize_name(requirement.name) not in allowed:
-            raise invalid("dependencies", f"{requirement.name!r} is not an allowed dependency on this gateway")
+        refusal = requirement_refusal(item, allowed)
+        if refusal is not None:
+            raise invalid("dependencies", refusal)
     return items
+
+
+RESERVED_ENV_NAMES = frozenset({"DATA_PATH", "ARGUMENTS_PATH", "RESULTS_PATH"})
+RESERVED_ENV_PREFIXES = ("ENV_JOB_", "ENV_GATEWAY_", "GATEWAY_")
+"""What the gateway and the official client's in-job contract set for every job (COMPAT.md)."""
 
 
 def parse_env_vars(raw: str | None) -> dict[str, str] | None:
@@ -104,6 +105,8 @@ def parse_env_vars(raw: str | None) -> dict[str, str] | None:
     for name, value in parsed.items():
         if not _ENV_NAME.fullmatch(name):
             raise invalid("env_vars", f"{name!r} is not a valid environment variable name")
+        if name in RESERVED_ENV_NAMES or name.startswith(RESERVED_ENV_PREFIXES):
+            raise invalid("env_vars", f"{name!r} is set by the gateway for every job and cannot be overridden")
         if not isinstance(value, str):
             raise invalid("env_vars", f"the value of {name!r} must be a string")
         if len(value) > MAX_ENV_VALUE or not _encodable(value):
@@ -133,19 +136,28 @@ def parse_arguments_schema(raw: str | None) -> tuple[bool, str | None]:
         return False, None
     if not raw.strip():
         return True, None
+    if len(raw.encode("utf-8", errors="surrogatepass")) > MAX_SCHEMA_BYTES:
+        raise invalid("arguments_schema", f"at most {MAX_SCHEMA_BYTES} bytes")
     try:
         schema = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise invalid("arguments_schema", f"not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise invalid("arguments_schema", "nested too deeply") from None
     if schema == {}:
         return True, None
     if not isinstance(schema, (dict, bool)):
         raise invalid("arguments_schema", "a JSON Schema is an object or a boolean")
-    try:
-        validators.validator_for(schema).check_schema(schema)
-    except SchemaError as exc:
-        raise invalid("arguments_schema", f"not a valid JSON Schema: {exc.message}") from None
+    check_schema_document(schema)
     return True, json.dumps(schema, separators=(",", ":"))
+
+
+async def check_arguments_schema(raw: str | None) -> tuple[bool, str | None]:
+    """`parse_arguments_schema` in a worker thread, a few at a time: never on the event loop."""
+    if raw is None:
+        return False, None
+    async with validation_slots:
+        return await asyncio.to_thread(parse_arguments_schema, raw)
 
 
 def decode_schema(text: str | None) -> dict[str, Any] | bool | None:
@@ -155,17 +167,21 @@ def decode_schema(text: str | None) -> dict[str, Any] | bool | None:
     return value if isinstance(value, (dict, bool)) and value != {} else None
 
 
-def parse_arguments(value: dict[str, Any] | str | None) -> tuple[str, dict[str, Any]]:
-    """Run arguments as (the JSON text stored on the job, the decoded object)."""
+def parse_arguments(value: dict[str, Any] | str | None, *, max_bytes: int) -> tuple[str, dict[str, Any]]:
+    """Run arguments as (the JSON text stored on the job, the decoded object); 413 when the text passes `max_bytes`."""
     if value is None:
         return "{}", {}
+    text = json.dumps(value, separators=(",", ":")) if isinstance(value, dict) else value.strip() or "{}"
+    if len(text) > max_bytes or len(text.encode("utf-8", errors="surrogatepass")) > max_bytes:
+        raise PayloadTooLarge(f"The arguments are larger than the limit of {max_bytes} bytes.")
     if isinstance(value, dict):
-        return json.dumps(value, separators=(",", ":")), value
-    text = value.strip() or "{}"
+        return text, value
     try:
         decoded = json.loads(text)
     except json.JSONDecodeError as exc:
         raise invalid("arguments", f"not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise invalid("arguments", "nested too deeply") from None
     if decoded is None:
         return "{}", {}
     if not isinstance(decoded, dict):
@@ -175,30 +191,11 @@ def parse_arguments(value: dict[str, Any] | str | None) -> tuple[str, dict[str, 
     return text, decoded
 
 
-@functools.lru_cache(maxsize=512)
-def _validator(schema_text: str) -> Validator:
-    schema = json.loads(schema_text)
-    validator: Validator = validators.validator_for(schema)(schema)
-    return validator
-
-
-def check_arguments(schema_text: str | None, arguments: dict[str, Any]) -> None:
-    """400 naming the first (most relevant) mismatch when the arguments do not satisfy the program's schema."""
-    if not schema_text:
-        return
-    try:
-        error = exceptions.best_match(_validator(schema_text).iter_errors(arguments))
-    except Exception as exc:  # a stored schema can still fail when applied (an unresolvable remote $ref, say)
-        raise BadRequest(f"the program's arguments schema cannot be applied: {exc}") from None
-    if error is None:
-        return
-    where = error.json_path if error.absolute_path else "arguments"
-    message = f"arguments do not match the program's schema: {where}: {error.message}"
-    raise ValidationFailed(message, [ErrorDetail(loc=["body", "arguments", *error.absolute_path], msg=error.message)])
-
-
-def check_run_config(config: dict[str, Any], max_workers: int) -> None:
+def check_run_config(config: dict[str, Any], max_workers: int, max_run_seconds: int | None = None) -> None:
     """Bounds that depend on the settings and on each other (types were checked by the model)."""
+    asked = config.get("max_run_seconds")
+    if asked is not None and max_run_seconds is not None and asked > max_run_seconds:
+        raise invalid("config.max_run_seconds", f"at most {max_run_seconds} on this gateway")
     for field in ("workers", "min_workers", "max_workers"):
         value = config.get(field)
         if value is not None and value > max_workers:

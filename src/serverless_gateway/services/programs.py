@@ -9,27 +9,29 @@ from typing import Any, BinaryIO
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..auth import Principal, is_provider_admin
+from ..auth import Principal
 from ..config import Settings
-from ..db import call_after_commit
+from ..db import DriverTransaction
 from ..errors import BadRequest, Forbidden, Locked, NotFound, TooManyRequests
 from ..models import AccessLevel, JobStatus, Program, ProgramType
 from ..repositories import accounts as accounts_repo
 from ..repositories import programs as repo
+from ..repositories import retention as retention_repo
+from ..repositories.access import is_provider_admin
 from ..schemas.programs import ProgramFilter, ProgramOut, RunOut, RunRequest, ValidateArgumentsOut
 from ..storage import Storage
 from . import accounts
+from .argument_schemas import check_arguments_off_loop
 from .artifacts import ArtifactLimits, check_artifact, check_entrypoint, store_artifact
 from .program_inputs import (
     MAX_DESCRIPTION,
     MAX_VERSION,
-    check_arguments,
+    check_arguments_schema,
     check_run_config,
     check_text,
     decode_schema,
     invalid,
     parse_arguments,
-    parse_arguments_schema,
     parse_dependencies,
     parse_env_vars,
     parse_type,
@@ -116,11 +118,13 @@ async def upload_program(
     program_type = parse_type(fields.type)
     description = check_text("description", fields.description, MAX_DESCRIPTION)
     version = check_text("version", fields.version, MAX_VERSION)
-    schema_sent, schema_text = parse_arguments_schema(fields.arguments_schema)
+    schema_sent, schema_text = await check_arguments_schema(fields.arguments_schema)
 
-    provider_id = await _provider_for_upload(session, user, provider_name) if provider_name else None
+    # The artifact is checked and stored before the first query: no transaction stays open during that work.
     info = await check_artifact(artifact, entrypoint=entrypoint, limits=ArtifactLimits.from_settings(settings))
+    await retention_repo.hold_artifacts_shared(session)  # no collection removes it before this commits
     key = await store_artifact(storage, artifact, info)
+    provider_id = await _provider_for_upload(session, user, provider_name) if provider_name else None
 
     updates: dict[str, Any] = {"entrypoint": entrypoint, "artifact_key": key, "artifact_sha256": info.sha256}
     optional: dict[str, Any] = {
@@ -161,7 +165,7 @@ async def get_program(session: AsyncSession, *, user: Principal, title: str, pro
 
 
 async def run_program(
-    session: AsyncSession,
+    transaction: DriverTransaction,
     *,
     settings: Settings,
     user: Principal,
@@ -170,11 +174,11 @@ async def run_program(
 ) -> RunOut:
     """Queue a job of the program for the caller, within the caller's active-job limit."""
     provider, title = split_title(request.title, request.provider)
-    arguments_text, arguments = parse_arguments(request.arguments)
+    arguments_text, arguments = parse_arguments(request.arguments, max_bytes=settings.max_arguments_bytes)
     config = request.config.model_dump(exclude_none=True) if request.config is not None else {}
-    check_run_config(config, settings.max_workers)
+    check_run_config(config, settings.max_workers, settings.max_job_seconds)
 
-    target = await repo.find_for_run(session, user.user_id, title=title, provider=provider)
+    target = await repo.find_for_run(transaction, user.user_id, title=title, provider=provider)
     if target is None:
         raise _not_found(title, provider)
     if not target.can_run:
@@ -182,12 +186,12 @@ async def run_program(
     if target.disabled:
         reason = target.disabled_reason or "no reason given"
         raise Locked(f"Program {title!r} is disabled: {reason}")
-    check_arguments(target.arguments_schema, arguments)
+    await check_arguments_off_loop(target.arguments_schema, arguments)
 
     job_id = uuid.uuid4()
     limit = settings.max_active_jobs_per_user
     queued = await repo.queue_job_within_limit(
-        session,
+        transaction,
         job_id=job_id,
         program_id=target.id,
         author_id=user.user_id,
@@ -197,7 +201,7 @@ async def run_program(
     )
     if not queued:
         raise TooManyRequests(f"You already have {limit} active jobs (queued, pending or running); wait for one.")
-    call_after_commit(session, wake)
+    transaction.after_commit.append(wake)
     return RunOut(id=job_id, status=JobStatus.QUEUED)
 
 
@@ -208,14 +212,15 @@ async def validate_arguments(
     title: str,
     provider: str | None,
     arguments: dict[str, Any] | str | None,
+    max_arguments_bytes: int,
 ) -> ValidateArgumentsOut:
     """Check arguments against the program's schema without creating a job."""
     provider, title = split_title(title, provider)
-    _, decoded = parse_arguments(arguments)
+    _, decoded = parse_arguments(arguments, max_bytes=max_arguments_bytes)
     row = await repo.find_visible(session, user.user_id, title=title, provider=provider)
     if row is None:
         raise _not_found(title, provider)
-    check_arguments(row.program.arguments_schema, decoded)
+    await check_arguments_off_loop(row.program.arguments_schema, decoded)
     return ValidateArgumentsOut(**program_out(row).model_dump(), valid=True)
 
 

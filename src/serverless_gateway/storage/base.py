@@ -74,8 +74,11 @@ class Storage(Protocol):
 
     async def put_bytes(self, key: str, data: bytes) -> None: ...
 
-    def open_stream(self, key: str, *, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
-        """Yield the object's bytes in chunks; raises ObjectNotFound on first iteration when missing."""
+    def open_stream(self, key: str, *, chunk_size: int = CHUNK_SIZE, start: int = 0) -> AsyncIterator[bytes]:
+        """Yield the object's bytes from byte `start` on, in chunks; ObjectNotFound on first iteration when missing.
+
+        A `start` at or past the end yields nothing.
+        """
         ...
 
     async def get_bytes(self, key: str) -> bytes: ...

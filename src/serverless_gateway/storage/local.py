@@ -97,7 +97,9 @@ class LocalStorage:
 
         await self.put_stream(key, one())
 
-    async def open_stream(self, key: str, *, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
+    async def open_stream(
+        self, key: str, *, chunk_size: int = CHUNK_SIZE, start: int = 0
+    ) -> AsyncIterator[bytes]:
         path = self._path(key)
         try:
             handle = await asyncio.to_thread(open, path, "rb")
@@ -106,6 +108,8 @@ class LocalStorage:
         except OSError as exc:
             raise _os_failure(f"cannot read {key!r}", exc) from None
         try:
+            if start > 0:
+                handle.seek(start)
             while True:
                 try:
                     chunk = await asyncio.to_thread(handle.read, chunk_size)

@@ -224,10 +224,18 @@ class S3Storage:
         with self._errors("upload", key=key):
             await self._client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data)
 
-    async def open_stream(self, key: str, *, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
+    async def open_stream(
+        self, key: str, *, chunk_size: int = CHUNK_SIZE, start: int = 0
+    ) -> AsyncIterator[bytes]:
         full_key = self._full(key)
-        with self._errors("download", key=key):
-            response = await self._client.get_object(Bucket=self.bucket, Key=full_key)
+        extra = {"Range": f"bytes={start}-"} if start > 0 else {}
+        try:
+            with self._errors("download", key=key):
+                response = await self._client.get_object(Bucket=self.bucket, Key=full_key, **extra)
+        except StorageError as exc:
+            if start > 0 and "InvalidRange" in str(exc):  # `start` is at or past the end
+                return
+            raise
         body = response["Body"]
         try:
             while True:

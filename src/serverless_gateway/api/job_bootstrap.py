@@ -1,0 +1,82 @@
+"""What only a job's launcher calls: `bootstrap/` (its one-time code for its token and secrets) and `ended/`.
+
+Nothing secret goes into Ray's records (job list, metadata, entrypoint, Ray's logs, which an operator's
+dashboard shows to anyone who looks): the submission carries only a one-time code, spent by the first call.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from ..auth import BOOTSTRAP_PREFIX, hash_token, new_job_token
+from ..deps import PrincipalDep, SessionDep, StateDep, bearer_scheme, parse_uuid
+from ..errors import Forbidden, Unauthorized, error_responses
+from ..models import ACTIVE_STATUSES, Job, Program
+from ..schemas.common import Message
+from .routing import SlashRouter
+
+router = SlashRouter(prefix="/jobs", tags=["jobs"])
+
+
+class JobBootstrapOut(BaseModel):
+    """What only the job may know: its token, its arguments (a JSON string) and its program's env vars."""
+
+    token: str
+    arguments: str
+    env_vars: dict[str, str] = Field(default_factory=dict)
+
+
+@router.post(
+    "/{job_id}/bootstrap/",
+    summary="A job's launcher fetches its token, arguments and env vars (once)",
+    responses=error_responses(401),
+    include_in_schema=False,
+)
+async def bootstrap_job(
+    session: SessionDep,
+    job_id: str,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> JobBootstrapOut:
+    code = credentials.credentials if credentials is not None else ""
+    if not code.startswith(BOOTSTRAP_PREFIX) or len(code) > 200:
+        raise Unauthorized("Invalid bootstrap code.")
+    job = await session.scalar(
+        select(Job)
+        .where(Job.id == parse_uuid(job_id, "Job"), Job.status.in_([s.value for s in ACTIVE_STATUSES]))
+        .with_for_update()
+    )
+    if job is None or job.bootstrap_hash is None or not hmac.compare_digest(job.bootstrap_hash, hash_token(code)):
+        raise Unauthorized("Invalid bootstrap code, or it was used already.")
+    program = await session.get(Program, job.program_id)
+    token = new_job_token()
+    job.token_hash = hash_token(token)
+    job.bootstrap_hash = None
+    env_vars = {str(k): str(v) for k, v in ((program.env_vars if program else None) or {}).items()}
+    return JobBootstrapOut(token=token, arguments=job.arguments, env_vars=env_vars)
+
+
+class JobEndedIn(BaseModel):
+    exit_code: int = Field(ge=-255, le=255, examples=[0])
+
+
+@router.post(
+    "/{job_id}/ended/",
+    status_code=202,
+    summary="A job's launcher reports that the entrypoint exited (after sending the result)",
+    responses=error_responses(401, 403, 404),
+    include_in_schema=False,
+)
+async def job_ended(state: StateDep, principal: PrincipalDep, job_id: str, body: JobEndedIn) -> Message:
+    uuid_ = parse_uuid(job_id, "Job")
+    if not principal.is_job:
+        raise Forbidden("Only the job itself reports its end (with its job token).")
+    principal.check_job(uuid_)
+    if state.engine is not None:
+        state.engine.job_ended(uuid_, body.exit_code)
+    return Message(message="noted")
