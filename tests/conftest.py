@@ -24,6 +24,7 @@ from serverless_gateway.config import Settings
 from serverless_gateway.schema import alembic_config
 from serverless_gateway.services import accounts
 from tests.database import async_url, server_url, throwaway_name
+from tests.watchdog import _watchdog  # noqa: F401 (an autouse fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -53,7 +53,7 @@ async def replica(settings: Settings) -> AsyncIterator[EngineRuntime]:
 
 
 @pytest.mark.usefixtures("quiet_live")
-async def test_two_dispatchers_submit_fifty_jobs_exactly_once(
+async def test_two_dispatchers_submit_twenty_jobs_exactly_once(
     live: LiveGateway,
     gw: httpx.AsyncClient,
     make_user: Any,
@@ -101,7 +101,7 @@ async def test_two_dispatchers_submit_fifty_jobs_exactly_once(
     watcher = asyncio.create_task(watch_caps())
     try:
         job_ids: list[uuid.UUID] = []
-        for round_ in range(10):
+        for round_ in range(4):
             job_ids += await asyncio.gather(*(run_job(gw, user, "mark", {"round": round_}) for user in users))
         jobs = await wait_all_terminal(live.state, job_ids, timeout=480)
     finally:
@@ -111,7 +111,7 @@ async def test_two_dispatchers_submit_fifty_jobs_exactly_once(
             with pytest.raises(StopAsyncIteration):
                 await anext(generator)
 
-    assert [job.status for job in jobs] == [JobStatus.SUCCEEDED.value] * 50, [job.message for job in jobs]
+    assert [job.status for job in jobs] == [JobStatus.SUCCEEDED.value] * 20, [job.message for job in jobs]
     assert sorted(accepted) == sorted(f"gw-{job_id}" for job_id in job_ids)
     assert set(accepted.values()) == {1}
     assert all((marks / str(job_id)).read_text() == "ran\n" for job_id in job_ids)
@@ -120,4 +120,4 @@ async def test_two_dispatchers_submit_fifty_jobs_exactly_once(
     assert peak["all"] <= settings.max_running_jobs
     assert all(engine.recovered.is_set() for engine in engines)
     split = [engine.dispatcher.submitted_count for engine in engines if engine.dispatcher]
-    assert sum(split) == 50, split
+    assert sum(split) == 20, split
