@@ -238,16 +238,16 @@ async def test_a_large_result_through_the_logs_is_kept_in_storage(
 async def test_a_programs_files_are_hashed_and_uploaded_once_per_cluster(
     live: LiveGateway, gw: httpx.AsyncClient, alice: TestUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ray.dashboard.modules import dashboard_sdk
+    from serverless_gateway.engine import ray_client
 
     hashed: list[str] = []
-    original = dashboard_sdk.get_uri_for_directory
+    original = ray_client.zip_directory
 
-    def counting(directory: object, *args: object, **kwargs: object) -> str:
-        hashed.append(str(directory))
-        return str(original(directory, *args, **kwargs))  # type: ignore[arg-type]
+    def counting(directory: str, *, include_parent_dir: bool) -> bytes:
+        hashed.append(directory)
+        return original(directory, include_parent_dir=include_parent_dir)
 
-    monkeypatch.setattr(dashboard_sdk, "get_uri_for_directory", counting)
+    monkeypatch.setattr(ray_client, "zip_directory", counting)
     # Unlike any other program of this session: its working dir is new to the cluster.
     await upload(gw, alice, "once", {"main.py": f"print('{uuid.uuid4().hex}')\n", "data.bin": b"x" * 200_000})
     jobs = [await run_job(gw, alice, "once") for _ in range(3)]

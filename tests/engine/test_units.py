@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
 import sys
 import threading
+import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-import requests
 
 from serverless_gateway.engine import launcher
 from serverless_gateway.engine.joblogs import cap_tail, extract_result, failure_summary
@@ -82,8 +84,8 @@ def test_extract_result_takes_the_marker_line_out() -> None:
 @pytest.mark.parametrize(
     ("error", "kind"),
     [
-        (requests.ConnectionError("refused"), RayUnavailable),
-        (requests.Timeout("slow"), RayUnavailable),
+        (httpx.ConnectError("refused"), RayUnavailable),
+        (httpx.ReadTimeout("slow"), RayUnavailable),
         (ConnectionError("Failed to connect to Ray at address: http://x."), RayUnavailable),
         (RuntimeError("Request failed with status code 503: busy."), RayUnavailable),
         (
@@ -252,38 +254,47 @@ def test_the_data_sync_never_uploads_through_a_symlink(tmp_path: Path, recorder:
 
 
 class _PackagesOnACluster:
-    """Ray's client as `RayJobs._package_uri` uses it: the cluster may drop a package nobody used lately."""
+    """Ray's package endpoints (`GET`/`PUT /api/packages/gcs/<name>`): the cluster may drop a package nobody used."""
 
     def __init__(self) -> None:
-        self.stored: set[str] = set()
+        self.stored: dict[str, bytes] = {}
         self.uploads: list[str] = []
 
-    def _package_exists(self, uri: str) -> bool:
-        return uri in self.stored
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        name = request.url.path.removeprefix("/api/packages/gcs/")
+        if request.method == "PUT":
+            self.uploads.append(name)
+            self.stored[name] = request.content
+            return httpx.Response(200, json={})
+        return httpx.Response(200 if name in self.stored else 404, json={})
 
-    def _upload_package_if_needed(self, path: str, *, include_gitignore: bool, include_parent_dir: bool) -> str:
-        self.uploads.append(path)
-        uri = f"gcs://_ray_pkg_{abs(hash(path))}.zip"
-        self.stored.add(uri)
-        return uri
 
-
-def test_package_uris_are_reused_and_uploaded_again_once_ray_dropped_them(tmp_path: Path) -> None:
+async def test_package_uris_are_reused_and_uploaded_again_once_ray_dropped_them(tmp_path: Path) -> None:
     from serverless_gateway.engine.ray_client import RayJobs
 
     workdir, module = tmp_path / "work", tmp_path / "launcher"
-    workdir.mkdir()
+    (workdir / "sub").mkdir(parents=True)
+    (workdir / "empty").mkdir()
+    (workdir / "main.py").write_text("print('hi')\n")
+    (workdir / "sub" / "helper.py").write_text("X = 1\n")
+    (workdir / "escape").symlink_to("/etc/hostname")  # never followed out of the directory
     module.mkdir()
-    client = _PackagesOnACluster()
-    ray = RayJobs("http://127.0.0.1:9")
+    (module / "__main__.py").write_text("pass\n")
+    cluster = _PackagesOnACluster()
+    ray = RayJobs("http://ray.test")
+    ray._http = httpx.AsyncClient(base_url="http://ray.test", transport=httpx.MockTransport(cluster))
     env = {"working_dir": str(workdir), "py_modules": [str(module)], "env_vars": {"A": "1"}}
-    first = ray._with_package_uris(client, env)
-    assert first["working_dir"].startswith("gcs://")
-    assert first["py_modules"][0].startswith("gcs://")
+    first = await ray._with_package_uris(env)
+    assert first["working_dir"].startswith("gcs://_ray_pkg_")
+    assert first["working_dir"].endswith(".zip")
+    assert first["py_modules"][0].startswith("gcs://_ray_pkg_")
     assert first["env_vars"] == {"A": "1"}
     assert env["working_dir"] == str(workdir)  # the caller's dict is left alone
-    assert ray._with_package_uris(client, env) == first
-    assert client.uploads == [str(workdir), str(module)]  # hashed and uploaded once each
-    client.stored.clear()  # Ray garbage-collected them
-    assert ray._with_package_uris(client, env) == first
-    assert client.uploads == [str(workdir), str(module)] * 2
+    contents = sorted(sorted(zipfile.ZipFile(io.BytesIO(data)).namelist()) for data in cluster.stored.values())
+    assert contents == [["empty/", "main.py", "sub/helper.py"], ["launcher/__main__.py"]]
+    assert await ray._with_package_uris(env) == first
+    assert len(cluster.uploads) == 2  # zipped and uploaded once each
+    cluster.stored.clear()  # Ray garbage-collected them
+    assert await ray._with_package_uris(env) == first  # the same content: the same URIs
+    assert len(cluster.uploads) == 4
+    await ray.close()

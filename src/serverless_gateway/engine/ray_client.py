@@ -1,24 +1,29 @@
-"""A thin async wrapper over Ray's `JobSubmissionClient` that runs every call in worker threads and sorts errors.
+"""An async client of Ray's job REST API (the dashboard's `/api/jobs/` and `/api/packages/`) that sorts errors.
 
-Ray's client is synchronous (`requests`, without timeouts): each call runs in a small thread pool of our own,
-with a timeout injected, and its failures become one of: `RayUnavailable` (retry later), `SubmissionExists`
-(the submission id is taken: the job was already submitted), `RayJobNotFound`, or `RayRejected` (final).
+Ray's own `JobSubmissionClient` is synchronous (`requests`, a new connection per call, no timeouts) and needs
+most of Ray imported (~35 MiB of the gateway's memory); this speaks the same documented HTTP API with httpx:
+keep-alive connections, a timeout on every call, nothing off the event loop but zipping a directory.
+Failures become one of: `RayUnavailable` (retry later), `SubmissionExists` (the submission id is taken: the
+job was already submitted), `RayJobNotFound`, or `RayRejected` (final).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
 import os
 import re
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import stat
+import zipfile
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any
+
+import httpx
 
 from ..metrics import record_ray_error
-
-T = TypeVar("T")
+from ..services.json_check import loads_off_loop
 
 _STATUS_CODE = re.compile(r"status code (\d{3})")
 _TRANSIENT_CODES = frozenset({408, 429, 500, 502, 503, 504})
@@ -65,15 +70,11 @@ def _status_code(exc: BaseException) -> int | None:
 
 
 def classify(exc: BaseException) -> RayError:
-    """Turn an exception from Ray's client into one of our error classes."""
-    import requests
-
+    """Turn an exception from a call to Ray (or Ray's error answer, see `_answer_error`) into one of our classes."""
     if isinstance(exc, RayError):
         return exc
     text = str(exc) or type(exc).__name__
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
-        return RayUnavailable(text)
-    if isinstance(exc, requests.RequestException):
+    if isinstance(exc, (httpx.HTTPError, ConnectionError, TimeoutError)):
         return RayUnavailable(text)
     if "already exists" in text and "submission_id" in text:
         return SubmissionExists(text)
@@ -97,21 +98,66 @@ def _is_local_dir(path: str) -> bool:
 
 
 def _state_from(details: Any) -> RayJobState | None:
-    submission_id = getattr(details, "submission_id", None)
+    """A job's state from one entry of Ray's job list (JSON: the fields of Ray's `JobDetails`)."""
+    if not isinstance(details, dict):
+        return None
+    submission_id = details.get("submission_id")
     if not submission_id:
         return None
-    status = getattr(details, "status", None)
     return RayJobState(
         submission_id=str(submission_id),
-        status=str(getattr(status, "value", status)),
-        message=getattr(details, "message", None),
-        start_time_ms=getattr(details, "start_time", None),
-        end_time_ms=getattr(details, "end_time", None),
+        status=str(details.get("status")),
+        message=details.get("message"),
+        start_time_ms=details.get("start_time"),
+        end_time_ms=details.get("end_time"),
     )
 
 
+def _answer_error(response: httpx.Response) -> RayError:
+    """Ray's non-2xx answer as our error (worded as Ray's own client words it, which `classify` reads)."""
+    return classify(RuntimeError(f"Request failed with status code {response.status_code}: {response.text}."))
+
+
+PACKAGE_PREFIX = "_ray_pkg_"
+"""How Ray names uploaded packages (`gcs://_ray_pkg_<hash>.zip`)."""
+
+
+def zip_directory(path: str, *, include_parent_dir: bool) -> bytes:
+    """A directory as Ray's client packs it: its files (and empty directories) relative to it, or, with
+    `include_parent_dir` (py_modules), under the directory's own name. Symbolic links are left out (never
+    followed out of the directory); entries are sorted and dated 1980 so that the same content zips the same."""
+    root = Path(path)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for folder, dirs, files in os.walk(root):
+            dirs.sort()
+            base = Path(folder)
+            if not dirs and not files and base != root:
+                entries = [base]
+            else:
+                entries = [base / name for name in sorted(files)]
+            for entry in entries:
+                info = entry.lstat()
+                if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+                    continue
+                name = entry.relative_to(root).as_posix()
+                if include_parent_dir:
+                    name = f"{root.name}/{name}"
+                if stat.S_ISDIR(info.st_mode):
+                    archive.writestr(zipfile.ZipInfo(f"{name}/"), b"")
+                    continue
+                member = zipfile.ZipInfo(name)
+                member.external_attr = (info.st_mode & 0o7777) << 16
+                archive.writestr(member, entry.read_bytes())
+    return buffer.getvalue()
+
+
+def package_uri(data: bytes) -> str:
+    return f"gcs://{PACKAGE_PREFIX}{hashlib.sha256(data).hexdigest()[:32]}.zip"
+
+
 class RayJobs:
-    """Async access to one cluster's job API (the dashboard URL); the client is built lazily, in a thread."""
+    """Async access to one cluster's job API (the dashboard URL), over one pool of keep-alive connections."""
 
     def __init__(
         self,
@@ -120,56 +166,43 @@ class RayJobs:
         headers: dict[str, str] | None = None,
         timeout: float = 30.0,
         submit_timeout: float = 300.0,
-        threads: int = 16,
     ):
-        self.address = address
+        self.address = address.rstrip("/")
         self.headers = dict(headers or {})
         self.timeout = timeout
         self.submit_timeout = submit_timeout
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ray-client")
-        self._client: Any = None
-        self._client_lock = threading.Lock()
-        self._local = threading.local()
+        self._http = httpx.AsyncClient(
+            base_url=self.address,
+            headers=self.headers,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
+        )
         self._packages: dict[str, str] = {}
         """Local directory (immutable: named by its content) -> the gcs:// package URI uploaded to this cluster."""
-        self._package_locks: dict[str, threading.Lock] = {}
+        self._package_locks: dict[str, asyncio.Lock] = {}
 
-    def _make_client(self) -> Any:
-        from ray.job_submission import JobSubmissionClient
-
-        local, default = self._local, self.timeout
-
-        class TimedClient(JobSubmissionClient):
-            """Ray's client sends requests without a timeout; every request here gets one."""
-
-            def _do_request(self, method: str, endpoint: str, **kwargs: Any) -> Any:
-                kwargs.setdefault("timeout", getattr(local, "timeout", None) or default)
-                return super()._do_request(method, endpoint, **kwargs)
-
-        return TimedClient(self.address, headers=self.headers or None)
-
-    def _get_client(self) -> Any:
-        with self._client_lock:
-            if self._client is None:
-                self._client = self._make_client()
-            return self._client
-
-    async def _call(self, action: Callable[[Any], T], *, timeout: float | None = None, kind: str = "call") -> T:
-        def run() -> T:
-            self._local.timeout = timeout
-            try:
-                return action(self._get_client())
-            except BaseException as exc:
-                raise classify(exc) from exc
-            finally:
-                self._local.timeout = None
-
-        loop = asyncio.get_running_loop()
+    async def _request(
+        self, method: str, path: str, *, kind: str, timeout: float | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """One call to Ray; a transport failure or an error answer raises our error (Ray's not-found and
+        duplicate answers are answers, not errors for the metrics)."""
         try:
-            return await loop.run_in_executor(self._pool, run)
-        except (RayUnavailable, RayRejected):
-            record_ray_error(kind)  # not-found and duplicate submissions are answers, not errors
-            raise
+            response = await self._http.request(method, path, timeout=timeout or httpx.USE_CLIENT_DEFAULT, **kwargs)
+        except httpx.HTTPError as exc:
+            record_ray_error(kind)
+            raise RayUnavailable(f"{type(exc).__name__} calling Ray at {self.address}{path}: {exc}") from exc
+        if response.status_code >= 400 and not (method == "GET" and path.startswith("/api/packages/")):
+            error = _answer_error(response)
+            if isinstance(error, (RayUnavailable, RayRejected)):
+                record_ray_error(kind)
+            raise error
+        return response
+
+    async def _json(self, response: httpx.Response) -> Any:
+        try:
+            return await loads_off_loop(response.content)
+        except ValueError as exc:
+            raise RayUnavailable(f"Ray's answer to {response.request.url.path} is not JSON") from exc
 
     async def submit(
         self,
@@ -181,85 +214,87 @@ class RayJobs:
         entrypoint_num_cpus: float | None = None,
     ) -> bool:
         """Submit a job; True when Ray took it now, False when this submission id was already taken."""
-
-        def submit(client: Any) -> str:
-            return str(
-                client.submit_job(
-                    entrypoint=entrypoint,
-                    submission_id=submission_id,
-                    runtime_env=self._with_package_uris(client, runtime_env),
-                    metadata=metadata or {},
-                    entrypoint_num_cpus=entrypoint_num_cpus or None,
-                )
-            )
-
+        body: dict[str, Any] = {
+            "entrypoint": entrypoint,
+            "submission_id": submission_id,
+            "runtime_env": await self._with_package_uris(runtime_env),
+            "metadata": metadata or {},
+        }
+        if entrypoint_num_cpus:
+            body["entrypoint_num_cpus"] = entrypoint_num_cpus
         try:
-            await self._call(submit, timeout=self.submit_timeout, kind="submit")
+            await self._request("POST", "/api/jobs/", kind="submit", timeout=self.submit_timeout, json=body)
         except SubmissionExists:
             return False
         return True
 
-    def _with_package_uris(self, client: Any, runtime_env: dict[str, Any]) -> dict[str, Any]:
+    async def _with_package_uris(self, runtime_env: dict[str, Any]) -> dict[str, Any]:
         """`runtime_env` with its local directories replaced by the URIs of packages already on the cluster.
 
-        Given a local directory, Ray's client hashes all of it on every submission (and zips it when the
-        cluster lacks it); the gateway's directories never change (they are named by their content), so each
-        is hashed and uploaded once per cluster and then referred to by URI. A package Ray has since dropped
-        (no job used it for a while) is found missing by the same existence check Ray makes, and uploaded again.
+        The gateway's directories never change (they are named by their content), so each is zipped and
+        uploaded once per cluster and then referred to by URI. A package Ray has since dropped (no job used it
+        for a while) is found missing by the existence check Ray's own client makes, and uploaded again.
         """
         env = dict(runtime_env)
         working_dir = env.get("working_dir")
         if isinstance(working_dir, str) and _is_local_dir(working_dir):
-            env["working_dir"] = self._package_uri(client, working_dir, parent=False)
+            env["working_dir"] = await self._package_uri(working_dir, parent=False)
         modules = env.get("py_modules")
         if isinstance(modules, list):
             env["py_modules"] = [
-                self._package_uri(client, module, parent=True)
+                await self._package_uri(module, parent=True)
                 if isinstance(module, str) and _is_local_dir(module)
                 else module
                 for module in modules
             ]
         return env
 
-    def _package_uri(self, client: Any, path: str, *, parent: bool) -> str:
-        with self._client_lock:
-            lock = self._package_locks.setdefault(path, threading.Lock())
-        with lock:  # jobs of one program submitted at once: the first hashes and uploads, the others wait for it
+    async def _package_uri(self, path: str, *, parent: bool) -> str:
+        lock = self._package_locks.setdefault(path, asyncio.Lock())
+        async with lock:  # jobs of one program submitted at once: the first zips and uploads, the others wait
             uri = self._packages.get(path)
-            # Ray's own client makes this check before every submission too (SubmissionClient._package_exists).
-            if uri is not None and client._package_exists(uri):
+            if uri is not None and await self._package_exists(uri):
                 return uri
-            from ray._private.ray_constants import RAY_RUNTIME_ENV_IGNORE_GITIGNORE
-
-            gitignore = os.environ.get(RAY_RUNTIME_ENV_IGNORE_GITIGNORE, "0") != "1"  # as Ray's client decides it
-            uri = str(client._upload_package_if_needed(path, include_gitignore=gitignore, include_parent_dir=parent))
+            data = await asyncio.to_thread(zip_directory, path, include_parent_dir=parent)
+            uri = package_uri(data)
+            if not await self._package_exists(uri):
+                name = uri.removeprefix("gcs://")
+                await self._request(
+                    "PUT", f"/api/packages/gcs/{name}", kind="submit", timeout=self.submit_timeout, content=data
+                )
             self._packages[path] = uri
             return uri
 
+    async def _package_exists(self, uri: str) -> bool:
+        response = await self._request("GET", f"/api/packages/gcs/{uri.removeprefix('gcs://')}", kind="submit")
+        if response.status_code == 200:
+            return True
+        if response.status_code == 404:
+            return False
+        raise _answer_error(response)
+
     async def list_jobs(self) -> dict[str, RayJobState]:
         """Every submitted job the cluster knows, by submission id: one request for all of them."""
-
-        def list_all(client: Any) -> dict[str, RayJobState]:
-            found: dict[str, RayJobState] = {}
-            for details in client.list_jobs():
-                state = _state_from(details)
-                if state is not None:
-                    found[state.submission_id] = state
-            return found
-
-        return await self._call(list_all, kind="status")
+        answer = await self._json(await self._request("GET", "/api/jobs/", kind="status"))
+        found: dict[str, RayJobState] = {}
+        for details in answer if isinstance(answer, list) else []:
+            state = _state_from(details)
+            if state is not None:
+                found[state.submission_id] = state
+        return found
 
     async def job_state(self, submission_id: str) -> RayJobState | None:
         """One job's state, or None when Ray does not know it."""
         try:
-            details = await self._call(lambda client: client.get_job_info(submission_id), kind="status")
+            response = await self._request("GET", f"/api/jobs/{submission_id}", kind="status")
         except RayJobNotFound:
             return None
-        return _state_from(details)
+        return _state_from(await self._json(response))
 
     async def stop(self, submission_id: str) -> bool:
         """Ask Ray to stop the job; True when it was still running. Raises RayJobNotFound."""
-        return bool(await self._call(lambda client: client.stop_job(submission_id), kind="stop"))
+        answer = await self._json(await self._request("POST", f"/api/jobs/{submission_id}/stop", kind="stop"))
+        return bool(isinstance(answer, dict) and answer.get("stopped"))
 
     async def logs(self, submission_id: str, max_bytes: int, *, wait_end: bool = True) -> str:
         """The job's log (at least its last `max_bytes`) in bounded memory: see final_log. Raises RayJobNotFound."""
@@ -274,21 +309,16 @@ class RayJobs:
     async def delete(self, submission_id: str) -> None:
         """Forget a finished job on the Ray side (keeps Ray's job list, and our sync, small)."""
         try:
-            await self._call(lambda client: client.delete_job(submission_id), kind="delete")
+            await self._request("DELETE", f"/api/jobs/{submission_id}", kind="delete")
         except RayJobNotFound:
             return
 
     async def cluster_version(self, *, timeout: float | None = None) -> dict[str, Any]:
         """Ray's /api/version answer (cheap; also a health check): ray_version, session_name..."""
-
-        def version(client: Any) -> dict[str, Any]:
-            response = client._do_request("GET", "/api/version")
-            if response.status_code != 200:
-                raise RuntimeError(f"Request failed with status code {response.status_code}: {response.text}")
-            body: dict[str, Any] = response.json()
-            return body
-
-        return await self._call(version, timeout=timeout, kind="health")
+        answer = await self._json(await self._request("GET", "/api/version", kind="health", timeout=timeout))
+        if not isinstance(answer, dict):
+            raise RayUnavailable("Ray's /api/version answer is not what its API documents")
+        return answer
 
     async def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        await self._http.aclose()
