@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import contextlib
 import io
-import logging
 import os
 import shutil
 import statistics
@@ -42,14 +41,11 @@ import asyncpg
 import httpx
 import psutil
 from alembic import command
-from fastapi import FastAPI
 from ray.job_submission import JobSubmissionClient
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from bench.fake_ray import FakeRay
-from serverless_gateway.app import create_app
-from serverless_gateway.config import load_settings
 from serverless_gateway.db import create_engine, create_sessionmaker
 from serverless_gateway.engine.local_ray import LocalRayHead, free_port
 from serverless_gateway.models import Job
@@ -60,14 +56,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TRIVIAL = "print('hello from a trivial job')\n"
 POLL = 0.02
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-
-
-def make_app() -> FastAPI:
-    """The gateway process of the bench: `python -m uvicorn --factory bench.engine_bench:make_app`."""
-    if os.environ.get("BENCH_ENGINE_DEBUG"):
-        logging.basicConfig(format="%(asctime)s %(name)s %(message)s")
-        logging.getLogger("serverless_gateway.engine").setLevel(logging.DEBUG)
-    return create_app(load_settings(), start_engine=True)
 
 
 class Database:
@@ -114,7 +102,7 @@ class Database:
 
 
 class Gateway:
-    """`uvicorn --factory bench.engine_bench:make_app` in its own process."""
+    """`uvicorn --factory bench.engine_app:make_app` in its own process."""
 
     def __init__(self, db: Database, ray_address: str, work: Path, **settings: object):
         self.port = free_port()
@@ -123,7 +111,7 @@ class Gateway:
         env = {**os.environ, "GATEWAY_DATABASE_URL": db.async_url, "GATEWAY_RAY_ADDRESS": ray_address}
         env.update({"GATEWAY_PUBLIC_URL": self.url, "GATEWAY_DATA_DIR": str(work / f"data-{self.port}")})
         env.update({f"GATEWAY_{key.upper()}": str(value) for key, value in settings.items()})
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "bench.engine_bench:make_app", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "uvicorn", "--factory", "bench.engine_app:make_app", "--port", str(self.port)]
         with self.log.open("wb") as log:
             self.process = subprocess.Popen([*cmd, "--log-level", "warning"], cwd=ROOT, env=env, stdout=log, stderr=log)
         self.ps = psutil.Process(self.process.pid)
