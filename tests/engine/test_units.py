@@ -298,3 +298,60 @@ async def test_package_uris_are_reused_and_uploaded_again_once_ray_dropped_them(
     assert await ray._with_package_uris(env) == first  # the same content: the same URIs
     assert len(cluster.uploads) == 4
     await ray.close()
+
+
+def _one_answer(raw: bytes) -> tuple[str, list[bytes]]:
+    """A server on a free port that reads one request, answers `raw` and closes: (its URL, requests seen)."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += connection.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(
+                next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+            )
+            while len(body) < length:
+                body += connection.recv(65536)
+            seen.append(head + b"\r\n\r\n" + body)
+            connection.sendall(raw)
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", seen
+
+
+def test_the_launchers_http_post_reads_answers_and_refuses_broken_ones() -> None:
+    url, seen = _one_answer(b'HTTP/1.1 201 Created\r\nContent-Length: 12\r\n\r\n{"ok": true}')
+    assert launcher.post_json(f"{url}/api/v1/jobs/j/result/", "gwjob_x", b'{"a": 1}', timeout=5) == (
+        201,
+        b'{"ok": true}',
+    )
+    request = seen[0]
+    assert request.startswith(b"POST /api/v1/jobs/j/result/ HTTP/1.0\r\n")
+    assert b"\r\nAuthorization: Bearer gwjob_x\r\n" in request
+    assert request.endswith(b'\r\n\r\n{"a": 1}')
+
+    url, _ = _one_answer(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 9\r\n\r\nnot yours")
+    assert launcher.post_json(url + "/", "t", b"{}", timeout=5) == (403, b"not yours")
+
+    url, _ = _one_answer(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"cut')  # closed mid-answer
+    with pytest.raises(OSError, match="cut off"):
+        launcher.post_json(url + "/", "t", b"{}", timeout=5)
+
+    url, _ = _one_answer(b"SSH-2.0-OpenSSH\r\n")  # not HTTP at all
+    with pytest.raises(OSError, match="not HTTP"):
+        launcher.post_json(url + "/", "t", b"{}", timeout=5)
+
+
+def test_the_launchers_host_parsing() -> None:
+    assert launcher._host_port("gw.example:8443", 443) == ("gw.example", 8443)
+    assert launcher._host_port("gw.example", 443) == ("gw.example", 443)
+    assert launcher._host_port("[::1]:8000", 80) == ("::1", 8000)
+    assert launcher._host_port("[::1]", 80) == ("::1", 80)
