@@ -182,16 +182,24 @@ class RayJobs:
         self._package_locks: dict[str, asyncio.Lock] = {}
 
     async def _request(
-        self, method: str, path: str, *, kind: str, timeout: float | None = None, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        kind: str,
+        timeout: float | None = None,
+        expected: frozenset[int] = frozenset(),
+        **kwargs: Any,
     ) -> httpx.Response:
-        """One call to Ray; a transport failure or an error answer raises our error (Ray's not-found and
-        duplicate answers are answers, not errors for the metrics)."""
+        """One call to Ray; a transport failure or an error answer raises our error, except the error codes in
+        `expected`, which the caller reads itself (Ray's not-found and duplicate answers are answers, not errors
+        for the metrics)."""
         try:
             response = await self._http.request(method, path, timeout=timeout or httpx.USE_CLIENT_DEFAULT, **kwargs)
         except httpx.HTTPError as exc:
             record_ray_error(kind)
             raise RayUnavailable(f"{type(exc).__name__} calling Ray at {self.address}{path}: {exc}") from exc
-        if response.status_code >= 400 and not (method == "GET" and path.startswith("/api/packages/")):
+        if response.status_code >= 400 and response.status_code not in expected:
             error = _answer_error(response)
             if isinstance(error, (RayUnavailable, RayRejected)):
                 record_ray_error(kind)
@@ -266,12 +274,11 @@ class RayJobs:
             return uri
 
     async def _package_exists(self, uri: str) -> bool:
-        response = await self._request("GET", f"/api/packages/gcs/{uri.removeprefix('gcs://')}", kind="submit")
-        if response.status_code == 200:
-            return True
-        if response.status_code == 404:
-            return False
-        raise _answer_error(response)
+        path = f"/api/packages/gcs/{uri.removeprefix('gcs://')}"
+        response = await self._request("GET", path, kind="submit", expected=frozenset({404}))
+        if response.status_code not in (200, 404):
+            raise _answer_error(response)  # a 2xx or 3xx Ray does not send for this
+        return response.status_code == 200
 
     async def list_jobs(self) -> dict[str, RayJobState]:
         """Every submitted job the cluster knows, by submission id: one request for all of them."""
