@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import urllib.error
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,7 +14,7 @@ import httpx
 import pytest
 
 from serverless_gateway.config import Settings
-from serverless_gateway.engine.launcher import DataSync
+from serverless_gateway.engine.launcher_data import DataSync, SyncError
 from serverless_gateway.models import JobStatus
 from tests.api.jobs_support import add_job_with_token, add_program
 from tests.conftest import upload_program
@@ -140,9 +139,9 @@ async def test_job_token_cannot_sync_another_function(
     _job_id, job_headers = await add_job_with_token(s3_gateway.app, alice, mine)
     token = job_headers["Authorization"].removeprefix("Bearer ")
     sync = job_sync(s3_gateway, token, "other", tmp_path)
-    with pytest.raises(urllib.error.HTTPError) as raised:
+    with pytest.raises(SyncError) as raised:
         await asyncio.to_thread(sync.pull)
-    assert raised.value.code == 404
+    assert raised.value.status == 404
     (tmp_path / "leak.txt").write_text("no")
     assert await asyncio.to_thread(sync.push) == 1
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from serverless_gateway.engine import launcher
+from serverless_gateway.engine import launcher, launcher_http
 from serverless_gateway.engine.joblogs import cap_tail, extract_result, failure_summary
 from serverless_gateway.engine.local_ray import free_port
 from serverless_gateway.engine.ray_client import (
@@ -33,6 +33,7 @@ from serverless_gateway.engine.submission import (
     job_id_from_submission,
     submission_id_for,
 )
+from serverless_gateway.engine.workdirs import LAUNCHER_FILES
 
 
 def test_cap_tail_keeps_the_end_with_a_note() -> None:
@@ -122,14 +123,37 @@ def test_submission_ids_round_trip() -> None:
 
 
 class _Recorder(BaseHTTPRequestHandler):
+    """A stand-in gateway for the launcher: records calls; answers a bootstrap and serves files when told to."""
+
     received: list[dict[str, Any]] = []
     answer = 200
+    bootstrap: dict[str, Any] | None = None
+    files: dict[str, bytes] = {}
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         _Recorder.received.append({"path": self.path, "auth": self.headers["Authorization"], "body": json.loads(body)})
+        if self.path.endswith("/bootstrap/") and _Recorder.bootstrap is not None:
+            self._send(200, json.dumps(_Recorder.bootstrap).encode())
+            return
         self.send_response(_Recorder.answer)
         self.end_headers()
+
+    def do_GET(self) -> None:
+        from urllib.parse import parse_qs, urlsplit
+
+        _Recorder.received.append({"path": self.path, "auth": self.headers["Authorization"], "body": None})
+        name = parse_qs(urlsplit(self.path).query).get("file", [""])[0]
+        if name in _Recorder.files:
+            self._send(200, _Recorder.files[name])
+        else:
+            self._send(404, b'{"message": "not found"}')
+
+    def _send(self, status: int, data: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def log_message(self, *args: object) -> None:
         return
@@ -139,6 +163,8 @@ class _Recorder(BaseHTTPRequestHandler):
 def recorder() -> Iterator[str]:
     _Recorder.received = []
     _Recorder.answer = 200
+    _Recorder.bootstrap = None
+    _Recorder.files = {}
     server = HTTPServer(("127.0.0.1", 0), _Recorder)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -151,7 +177,8 @@ def run_launcher(
 ) -> subprocess.CompletedProcess[str]:
     package = tmp_path / "pkg" / "serverless_gateway_job"
     package.mkdir(parents=True)
-    shutil.copy(launcher.__file__, package / "__main__.py")
+    for name, source in LAUNCHER_FILES.items():
+        shutil.copy(source, package / name)
     (package / "__init__.py").write_text("")
     (package / "arguments.json").write_text(arguments)
     workdir = tmp_path / "work"
@@ -194,6 +221,43 @@ def test_launcher_runs_the_entrypoint_and_posts_the_result(tmp_path: Path, recor
         {"path": "/api/v1/jobs/job-1/result/", "auth": "Bearer gwjob_secret", "body": {"result": '{"twice": 42}'}},
         # then the end, so the gateway finishes the job without waiting for Ray's status
         {"path": "/api/v1/jobs/job-1/ended/", "auth": "Bearer gwjob_secret", "body": {"exit_code": 0}},
+    ]
+
+
+READS_ITS_FILE = """
+import os, sys
+print(open(os.path.join(os.environ["DATA_PATH"], "données.txt")).read())
+print("heavy http modules:", sorted({"urllib.request", "http.client", "email.parser"} & set(sys.modules)))
+"""
+
+
+def test_launcher_takes_the_file_names_from_the_bootstrap_and_lists_nothing(tmp_path: Path, recorder: str) -> None:
+    _Recorder.bootstrap = {"token": "gwjob_new", "arguments": "{}", "env_vars": {}, "files": ["données.txt"]}
+    _Recorder.files = {"données.txt": "contenu é".encode()}
+    env = {"GATEWAY_JOB_BOOTSTRAP": "gwboot_once", "GATEWAY_DATA_FUNCTION": "fn"}
+    done = run_launcher(tmp_path, READS_ITS_FILE, recorder, extra_env=env)
+    assert done.returncode == 0, done.stderr
+    assert "contenu é" in done.stdout
+    assert "heavy http modules: []" in done.stdout  # no job pays for importing urllib.request
+    assert [(r["path"], r["auth"]) for r in _Recorder.received] == [
+        ("/api/v1/jobs/job-1/bootstrap/", "Bearer gwboot_once"),
+        ("/api/v1/files/download/?function=fn&file=donn%C3%A9es.txt", "Bearer gwjob_new"),
+        ("/api/v1/jobs/job-1/ended/", "Bearer gwjob_new"),
+    ]
+
+
+def test_launcher_lists_the_files_itself_when_the_bootstrap_did_not(tmp_path: Path, recorder: str) -> None:
+    _Recorder.bootstrap = {"token": "gwjob_new", "arguments": "{}", "env_vars": {}, "files": None}
+    env = {"GATEWAY_JOB_BOOTSTRAP": "gwboot_once", "GATEWAY_DATA_FUNCTION": "fn"}
+    done = run_launcher(tmp_path, "print('ran')\n", recorder, extra_env=env)
+    assert done.returncode == 0, done.stderr
+    assert "ran" in done.stdout
+    # The stand-in answers the listing with a 404: the job runs anyway and says why DATA_PATH is empty.
+    assert "could not fetch the function's files into DATA_PATH: 404" in done.stderr
+    assert [r["path"] for r in _Recorder.received] == [
+        "/api/v1/jobs/job-1/bootstrap/",
+        "/api/v1/files/?function=fn",
+        "/api/v1/jobs/job-1/ended/",
     ]
 
 
@@ -314,9 +378,9 @@ def _one_answer(raw: bytes) -> tuple[str, list[bytes]]:
             while b"\r\n\r\n" not in data:
                 data += connection.recv(65536)
             head, _, body = data.partition(b"\r\n\r\n")
-            length = int(
-                next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
-            )
+            lines = head.split(b"\r\n")
+            lengths = [line.split(b":")[1] for line in lines if line.lower().startswith(b"content-length")]
+            length = int(lengths[0]) if lengths else 0
             while len(body) < length:
                 body += connection.recv(65536)
             seen.append(head + b"\r\n\r\n" + body)
@@ -350,8 +414,19 @@ def test_the_launchers_http_post_reads_answers_and_refuses_broken_ones() -> None
         launcher.post_json(url + "/", "t", b"{}", timeout=5)
 
 
+def test_a_download_cut_off_midway_leaves_nothing_in_data_path(tmp_path: Path) -> None:
+    url, seen = _one_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+    sync = launcher.DataSync(
+        host=url, token="gwjob_t", function="fn", provider="", data_path=str(tmp_path), remote=["big.bin"]
+    )
+    with pytest.raises(OSError, match="cut off"):
+        sync.pull()
+    assert list(tmp_path.iterdir()) == []
+    assert seen[0].startswith(b"GET /api/v1/files/download/?function=fn&file=big.bin HTTP/1.0\r\n")
+
+
 def test_the_launchers_host_parsing() -> None:
-    assert launcher._host_port("gw.example:8443", 443) == ("gw.example", 8443)
-    assert launcher._host_port("gw.example", 443) == ("gw.example", 443)
-    assert launcher._host_port("[::1]:8000", 80) == ("::1", 8000)
-    assert launcher._host_port("[::1]", 80) == ("::1", 80)
+    assert launcher_http._host_port("gw.example:8443", 443) == ("gw.example", 8443)
+    assert launcher_http._host_port("gw.example", 443) == ("gw.example", 443)
+    assert launcher_http._host_port("[::1]:8000", 80) == ("::1", 8000)
+    assert launcher_http._host_port("[::1]", 80) == ("::1", 80)

@@ -15,21 +15,26 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from ..auth import BOOTSTRAP_PREFIX, hash_token, new_job_token
-from ..deps import PrincipalDep, SessionDep, StateDep, bearer_scheme, parse_uuid
+from ..deps import PrincipalDep, SessionDep, StateDep, StorageDep, bearer_scheme, parse_uuid
 from ..errors import Forbidden, Unauthorized, error_responses
-from ..models import ACTIVE_STATUSES, Job, Program
+from ..models import ACTIVE_STATUSES, Job, Program, Provider
 from ..schemas.common import Message
+from ..services.files import FileScope, list_files, user_files_prefix, user_files_space
+from ..storage.base import StorageError
 from .routing import SlashRouter
 
 router = SlashRouter(prefix="/jobs", tags=["jobs"])
 
 
 class JobBootstrapOut(BaseModel):
-    """What only the job may know: its token, its arguments (a JSON string) and its program's env vars."""
+    """What only the job may know: its token, its arguments (a JSON string) and its program's env vars; with
+    the names of its author's files of the function (None when storage could not list them: the launcher
+    then lists them itself), so that a job without files makes no call for them."""
 
     token: str
     arguments: str
     env_vars: dict[str, str] = Field(default_factory=dict)
+    files: list[str] | None = None
 
 
 @router.post(
@@ -40,6 +45,7 @@ class JobBootstrapOut(BaseModel):
 )
 async def bootstrap_job(
     session: SessionDep,
+    storage: StorageDep,
     job_id: str,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> JobBootstrapOut:
@@ -53,12 +59,32 @@ async def bootstrap_job(
     )
     if job is None or job.bootstrap_hash is None or not hmac.compare_digest(job.bootstrap_hash, hash_token(code)):
         raise Unauthorized("Invalid bootstrap code, or it was used already.")
-    program = await session.get(Program, job.program_id)
+    found = (
+        await session.execute(
+            select(Program, Provider.name)
+            .outerjoin(Provider, Provider.id == Program.provider_id)
+            .where(Program.id == job.program_id)
+        )
+    ).first()
     token = new_job_token()
     job.token_hash = hash_token(token)
     job.bootstrap_hash = None
-    env_vars = {str(k): str(v) for k, v in ((program.env_vars if program else None) or {}).items()}
-    return JobBootstrapOut(token=token, arguments=job.arguments, env_vars=env_vars)
+    if found is None:
+        return JobBootstrapOut(token=token, arguments=job.arguments)
+    program, provider = found
+    env_vars = {str(k): str(v) for k, v in (program.env_vars or {}).items()}
+    # The scope the launcher's own listing gets with the job token: the author's files of the job's function.
+    scope = FileScope(
+        prefix=user_files_prefix(job.author_id, provider, program.title),
+        function=program.title,
+        provider=provider,
+        space=user_files_space(job.author_id),
+    )
+    try:
+        files: list[str] | None = await list_files(storage, scope)
+    except StorageError:
+        files = None
+    return JobBootstrapOut(token=token, arguments=job.arguments, env_vars=env_vars, files=files)
 
 
 class JobEndedIn(BaseModel):

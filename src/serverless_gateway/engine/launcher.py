@@ -1,17 +1,18 @@
 """Runs a gateway job's entrypoint inside Ray, then sends the job's result to the gateway (standard library only).
 
-The engine ships this file as `__main__.py` of a small package, the same for every job, and starts the job as
-`python -m <package> <entrypoint>` in the program's working directory. It:
-  0. trades the one-time GATEWAY_JOB_BOOTSTRAP code for the job's token, arguments and the program's env vars
-     (POST /api/v1/jobs/{id}/bootstrap/), so none of them appears in Ray's records (job list, logs, dashboard);
+The engine ships this file as `__main__.py` of a small package (with `launcher_http.py` and `launcher_data.py`),
+the same for every job, and starts the job as `python -m <package> <entrypoint>` in the program's working
+directory. It:
+  0. trades the one-time GATEWAY_JOB_BOOTSTRAP code for the job's token, arguments, the program's env vars and
+     the names of the function's files (POST /api/v1/jobs/{id}/bootstrap/), so none of the secrets appears in
+     Ray's records (job list, logs, dashboard);
   1. points ARGUMENTS_PATH at a private arguments file, RESULTS_PATH at a fresh scratch file and DATA_PATH at a
      per-job scratch directory;
   2. runs the entrypoint with runpy in this process, so tracebacks reach the logs and the exit code is kept;
   3. sends the RESULTS_PATH file to POST {ENV_JOB_GATEWAY_HOST}/api/v1/jobs/{id}/result/ with the job token.
-When DATA_PATH is not the gateway's own file space (S3 storage, or a worker that shares no disk with it:
-GATEWAY_DATA_SYNC=1 or an unreachable DATA_PATH), the function's files (GATEWAY_DATA_FUNCTION, optional
-GATEWAY_DATA_PROVIDER) are downloaded into DATA_PATH through the files API before the entrypoint, and the
-files the job created or changed there are uploaded back after it (top-level regular files only).
+DATA_PATH is synced with the function's files (GATEWAY_DATA_FUNCTION, optional GATEWAY_DATA_PROVIDER) through
+the files API: they are downloaded before the entrypoint, and the files the job created or changed there are
+uploaded back after it (top-level regular files only; see launcher_data.py).
 A result that is not valid JSON fails the job. When the gateway cannot be reached, the result is printed on one
 marked line, which the engine reads back from the logs when the job ends.
 """
@@ -21,23 +22,18 @@ from __future__ import annotations
 import json
 import os
 import runpy
-import stat
 import sys
 import time
 from typing import TYPE_CHECKING
 
+from .launcher_data import DataSync
+from .launcher_http import post_json, say
+
 if TYPE_CHECKING:  # imported where used: every millisecond of start-up is added to every job
-    import urllib.request
-    from collections.abc import Iterator
     from types import TracebackType
 
 RESULT_MARKER = "__SERVERLESS_GATEWAY_RESULT__"
 _SEND_ATTEMPTS = 6
-
-
-def _say(message: str) -> None:
-    sys.stderr.write(f"[gateway] {message}\n")
-    sys.stderr.flush()
 
 
 # Environment strings above ~128 KiB break exec(); bigger arguments reach the job only through ARGUMENTS_PATH.
@@ -91,58 +87,6 @@ def apply_bootstrap(secrets: dict[str, object], scratch: str) -> None:
         os.environ["ENV_JOB_ARGUMENTS"] = arguments
 
 
-def post_json(url: str, token: str, body: bytes, *, timeout: float) -> tuple[int, bytes]:
-    """POST a JSON body with the bearer token over one HTTP/1.0 exchange: (status, the answer's body).
-
-    Neither urllib.request nor http.client: importing them (email's parser, ssl) costs ~20 ms, which every job
-    would pay before its entrypoint starts, and these calls need none of what they offer. HTTP/1.0 without
-    keep-alive means the answer is neither chunked nor followed by another: it is read to the end of the
-    connection and checked against its Content-Length. https is spoken with ssl's default context (imported
-    only then); proxy variables are not used: the gateway is reached directly.
-    """
-    import socket
-
-    scheme, _, rest = url.partition("://")
-    authority, slash, path = rest.partition("/")
-    host, port = _host_port(authority, 443 if scheme == "https" else 80)
-    request = (
-        f"POST {slash}{path or ''} HTTP/1.0\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode("latin-1")
-    connection = socket.create_connection((host, port), timeout=timeout)
-    try:
-        if scheme == "https":
-            import ssl
-
-            connection = ssl.create_default_context().wrap_socket(connection, server_hostname=host)
-        connection.sendall(request + body)
-        chunks = []
-        while chunk := connection.recv(65536):
-            chunks.append(chunk)
-    finally:
-        connection.close()
-    head, separator, content = b"".join(chunks).partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    status = lines[0].split()
-    if not separator or len(status) < 2 or not status[0].startswith(b"HTTP/") or not status[1].isdigit():
-        raise OSError("the gateway's answer is not HTTP, or was cut off")
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length" and value.strip().isdigit() and int(value) > len(content):
-            raise OSError("the gateway's answer was cut off")
-    return int(status[1]), content
-
-
-def _host_port(authority: str, default_port: int) -> tuple[str, int]:
-    """`host[:port]` or `[v6 address][:port]` as (host, port)."""
-    if authority.startswith("["):
-        host, _, after = authority[1:].partition("]")
-        port = after.removeprefix(":")
-    else:
-        host, _, port = authority.rpartition(":") if ":" in authority else (authority, "", "")
-    return host, int(port) if port else default_port
-
-
 def scratch_dir() -> str:
     """A new private directory for this job (what tempfile.mkdtemp does, without importing tempfile)."""
     base = os.environ.get("TMPDIR") or os.environ.get("TEMP") or os.environ.get("TMP") or "/tmp"
@@ -155,12 +99,17 @@ def scratch_dir() -> str:
         return os.path.abspath(path)
 
 
-def prepare_environment(here: str) -> str:
-    """Set the in-job path variables; returns RESULTS_PATH."""
+def prepare_environment(here: str) -> tuple[str, list[str] | None]:
+    """Set the in-job path variables; returns RESULTS_PATH and the function's file names, when the bootstrap
+    answer gave them (then DATA_PATH's sync lists nothing itself)."""
     scratch = scratch_dir()
     secrets = fetch_bootstrap()
+    files: list[str] | None = None
     if secrets is not None:
         apply_bootstrap(secrets, scratch)
+        names = secrets.get("files")
+        if isinstance(names, list):
+            files = [str(name) for name in names]
     else:
         os.environ["ARGUMENTS_PATH"] = os.path.join(here, "arguments.json")
     results_path = os.path.join(scratch, "results.json")
@@ -171,7 +120,7 @@ def prepare_environment(here: str) -> str:
     os.environ["DATA_PATH"] = data
     if os.environ.get("GATEWAY_DATA_FUNCTION"):
         os.environ["GATEWAY_DATA_SYNC"] = "1"
-    return results_path
+    return results_path, files
 
 
 def _user_frames(tb: TracebackType | None, entrypoint: str) -> TracebackType | None:
@@ -188,7 +137,7 @@ def run_entrypoint(entrypoint: str, args: list[str]) -> int:
     """Run the user's script as __main__; returns its exit code."""
     path = os.path.abspath(entrypoint)
     if not os.path.isfile(path):
-        _say(f"entrypoint {entrypoint!r} was not found in the program's files")
+        say(f"entrypoint {entrypoint!r} was not found in the program's files")
         return 1
     sys.argv = [entrypoint, *args]
     sys.path.insert(0, os.path.dirname(path))
@@ -236,12 +185,12 @@ def send_result(text: str) -> bool | None:
         if 200 <= status < 300:
             return True
         if 400 <= status < 500 and status not in (408, 429):
-            _say(f"the gateway refused the result ({status}): {detail}")
+            say(f"the gateway refused the result ({status}): {detail}")
             return False
         if attempt + 1 < attempts:
             time.sleep(delay)
             delay = min(delay * 2, 8.0)
-    _say(f"could not reach the gateway to save the result ({detail or status})")
+    say(f"could not reach the gateway to save the result ({detail or status})")
     return None
 
 
@@ -254,7 +203,7 @@ def deliver_result(results_path: str) -> int:
     try:
         json.loads(text)
     except ValueError as exc:
-        _say(f"the job's result (the RESULTS_PATH file) is not valid JSON: {exc}")
+        say(f"the job's result (the RESULTS_PATH file) is not valid JSON: {exc}")
         return 1
     sent = send_result(text)
     if sent is False:
@@ -282,169 +231,22 @@ def report_end(exit_code: int) -> None:
         pass
 
 
-_COPY_CHUNK = 1024 * 1024
-FileState = tuple[int, int]
-"""(size, mtime in ns) of a file of DATA_PATH, to tell which ones the job created or changed."""
-
-
-class DataSync:
-    """Copies the function's files between the gateway's files API and a local DATA_PATH directory."""
-
-    def __init__(self, *, host: str, token: str, function: str, provider: str, data_path: str) -> None:
-        self.host = host.rstrip("/")
-        self.token = token
-        self.function = function
-        self.provider = provider
-        self.data_path = data_path
-        self.fetched: dict[str, FileState] = {}
-
-    @classmethod
-    def from_env(cls) -> DataSync | None:
-        """A DataSync when the launcher must sync DATA_PATH (GATEWAY_DATA_SYNC=1), else None."""
-        if os.environ.get("GATEWAY_DATA_SYNC") != "1":
-            return None
-        host = os.environ.get("ENV_JOB_GATEWAY_HOST", "")
-        token = os.environ.get("ENV_JOB_GATEWAY_TOKEN", "")
-        function = os.environ.get("GATEWAY_DATA_FUNCTION", "")
-        if not (host and token and function):
-            return None
-        provider = os.environ.get("GATEWAY_DATA_PROVIDER", "")
-        return cls(host=host, token=token, function=function, provider=provider, data_path=os.environ["DATA_PATH"])
-
-    def _url(self, action: str, **extra: str) -> str:
-        import urllib.parse
-
-        query = {"function": self.function, **({"provider": self.provider} if self.provider else {}), **extra}
-        return f"{self.host}/api/v1/files/{action}?{urllib.parse.urlencode(query)}"
-
-    def _request(
-        self,
-        url: str,
-        *,
-        data: Iterator[bytes] | None = None,
-        method: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> urllib.request.Request:
-        import urllib.request
-
-        sent = {"Authorization": f"Bearer {self.token}", **(headers or {})}
-        return urllib.request.Request(url, data=data, method=method, headers=sent)
-
-    def _state(self, name: str) -> FileState:
-        info = os.stat(os.path.join(self.data_path, name))
-        return info.st_size, info.st_mtime_ns
-
-    def list_remote(self) -> list[str]:
-        import urllib.request
-
-        with urllib.request.urlopen(self._request(self._url("")), timeout=60) as response:
-            names = json.loads(response.read())["files"]
-        return [str(name) for name in names]
-
-    def pull(self) -> None:
-        """Download every file of the function into DATA_PATH."""
-        import shutil
-        import urllib.request
-
-        for name in self.list_remote():
-            if name in ("", ".", "..") or "/" in name or "\\" in name:
-                continue
-            target = os.path.join(self.data_path, name)
-            partial = target + ".gateway-part"
-            request = self._request(self._url("download/", file=name))
-            with urllib.request.urlopen(request, timeout=60) as response, open(partial, "wb") as out:
-                shutil.copyfileobj(response, out, _COPY_CHUNK)
-            os.replace(partial, target)
-            self.fetched[name] = self._state(name)
-
-    def changed(self) -> list[str]:
-        """Top-level regular files of DATA_PATH that are new or differ from what was fetched."""
-        names = []
-        for entry in sorted(os.scandir(self.data_path), key=lambda item: item.name):
-            if not entry.is_file(follow_symlinks=False) or entry.name.endswith(".gateway-part"):
-                continue
-            if self.fetched.get(entry.name) != self._state(entry.name):
-                names.append(entry.name)
-        return names
-
-    def upload(self, name: str) -> None:
-        """Stream one file to the files API as multipart field `file` (never read whole into memory)."""
-        import urllib.request
-
-        path = os.path.join(self.data_path, name)
-        boundary = f"gateway-{os.urandom(16).hex()}"
-        quoted = name.replace('"', '\\"')
-        head = (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{quoted}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        tail = f"\r\n--{boundary}--\r\n".encode()
-        # Opened without following a link (one swapped in since the listing fails here), then sized by its fd.
-        handle = os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb")
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            handle.close()
-            raise OSError(f"{name!r} is not a regular file")
-        size = info.st_size
-
-        def body() -> Iterator[bytes]:
-            yield head
-            with handle:
-                remaining = size  # exactly what Content-Length announced, even if the file grows meanwhile
-                while remaining > 0 and (chunk := handle.read(min(_COPY_CHUNK, remaining))):
-                    remaining -= len(chunk)
-                    yield chunk
-            yield tail
-
-        request = self._request(
-            self._url("upload/"),
-            data=body(),
-            method="POST",
-            headers={
-                "Content-Type": f"multipart/form-data; boundary={boundary}",
-                "Content-Length": str(len(head) + size + len(tail)),
-            },
-        )
-        with urllib.request.urlopen(request, timeout=300) as response:
-            response.read()
-
-    def push(self) -> int:
-        """Upload the new and changed files; returns how many failed."""
-        import urllib.error
-
-        failed = 0
-        for name in self.changed():
-            try:
-                self.upload(name)
-            except (OSError, urllib.error.HTTPError) as exc:
-                failed += 1
-                _say(f"could not save DATA_PATH file {name!r} to the function's files: {_reason(exc)}")
-        return failed
-
-
-def _reason(exc: BaseException) -> str:
-    errors = sys.modules.get("urllib.error")  # an HTTPError can only come from an imported urllib
-    if errors is not None and isinstance(exc, errors.HTTPError):
-        return f"{exc.code} {exc.read(2000).decode('utf-8', errors='replace')}"
-    return str(exc)
-
-
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
-        _say("usage: python -m <launcher package> <entrypoint> [args...]")
+        say("usage: python -m <launcher package> <entrypoint> [args...]")
         return 2
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        results_path = prepare_environment(here)
+        results_path, bootstrap_files = prepare_environment(here)
     except BootstrapError as exc:
-        _say(str(exc))
+        say(str(exc))
         return 1
-    data_sync = DataSync.from_env()
+    data_sync = DataSync.from_env(remote=bootstrap_files)
     if data_sync is not None:
         try:
             data_sync.pull()
         except (OSError, ValueError, KeyError) as exc:
-            _say(f"could not fetch the function's files into DATA_PATH: {_reason(exc)}")
+            say(f"could not fetch the function's files into DATA_PATH: {exc}")
     code = run_entrypoint(argv[1], argv[2:])
     if data_sync is not None:
         data_sync.push()

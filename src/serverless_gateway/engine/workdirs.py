@@ -20,7 +20,16 @@ from ..services.artifacts import ArtifactLimits, is_real_dir, safe_relative_path
 from ..storage.base import Storage
 
 LAUNCHER_PACKAGE = "serverless_gateway_job"
-_LAUNCHER_SOURCE = Path(__file__).with_name("launcher.py")
+LAUNCHER_FILES = {
+    "__main__.py": Path(__file__).with_name("launcher.py"),
+    "launcher_http.py": Path(__file__).with_name("launcher_http.py"),
+    "launcher_data.py": Path(__file__).with_name("launcher_data.py"),
+}
+"""The launcher package's files (name in the package -> source): standard library only, relative imports."""
+
+
+def launcher_sources() -> dict[str, bytes]:
+    return {name: source.read_bytes() for name, source in LAUNCHER_FILES.items()}
 
 
 class Workdirs:
@@ -101,15 +110,16 @@ class Workdirs:
         return path
 
     async def launcher_package(self) -> Path:
-        """`<root>/launcher/<sha256>/<package>/`: the launcher as `__main__.py`, the same for every job.
+        """`<root>/launcher/<sha256>/<package>/`: the launcher (`__main__.py`, its modules), the same for every job.
 
         Ray uploads a local py_module once per cluster (its URI is derived from its content), so no job pays
         for a package of its own; what differs per job reaches the launcher through its one-time bootstrap.
         """
         if self._launcher_dir is not None:
             return self._launcher_dir
-        source = await asyncio.to_thread(_LAUNCHER_SOURCE.read_bytes)
-        digest = hashlib.sha256(source).hexdigest()[:16]
+        sources = await asyncio.to_thread(launcher_sources)
+        digest = hashlib.sha256(b"".join(name.encode() + b"\0" + data for name, data in sources.items())).hexdigest()
+        digest = digest[:16]
         package = self.root / "launcher" / digest / LAUNCHER_PACKAGE
 
         def build() -> None:
@@ -119,7 +129,8 @@ class Workdirs:
             staging = Path(tempfile.mkdtemp(prefix=".launcher-", dir=self.root))
             (staging / LAUNCHER_PACKAGE).mkdir()
             (staging / LAUNCHER_PACKAGE / "__init__.py").write_bytes(b"")
-            (staging / LAUNCHER_PACKAGE / "__main__.py").write_bytes(source)
+            for name, data in sources.items():
+                (staging / LAUNCHER_PACKAGE / name).write_bytes(data)
             package.parent.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.replace(staging, package.parent)
@@ -129,6 +140,7 @@ class Workdirs:
         await asyncio.to_thread(build)
         self._launcher_dir = package
         return package
+
 
 def _lstat_mode(root: Path, relative: str) -> int | None:
     """The `lstat` mode of `root/relative` when every parent on the way is a real directory, else None."""
