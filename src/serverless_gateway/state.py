@@ -28,7 +28,7 @@ class Engine(Protocol):
     def wake(self) -> None:
         """A job was queued or a stop was requested: look for work now."""
 
-    def job_ended(self, job_id: uuid.UUID, exit_code: int) -> None:
+    def job_ended(self, job_id: uuid.UUID, exit_code: int, *, result_in_log: bool = False) -> None:
         """A job's launcher reported that its entrypoint exited: finish the job without waiting for Ray."""
 
     async def close(self) -> None: ...
@@ -38,6 +38,10 @@ class Engine(Protocol):
 
     async def live_logs(self, job_id: uuid.UUID, submission_id: str) -> str | None:
         """Ray's current logs of a job that is PENDING or RUNNING (their last 8 MiB); None when Ray cannot tell."""
+
+    async def unstored_logs(self, job_id: uuid.UUID, submission_id: str) -> str | None:
+        """The log of a job final on its launcher's word whose log is not stored yet (a moment after its end),
+        read from Ray; None when Ray cannot tell."""
 
     async def live_log_bytes(self, job_id: uuid.UUID, submission_id: str, start: int, limit: int) -> LiveBytes | None:
         """Up to `limit` bytes of a running job's log from byte `start` (or the first still kept); None: unknown."""

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.ray
 
 LIAR = """
 import json, os, time, urllib.request
+print("printed before the end was reported", flush=True)
 request = urllib.request.Request(
     os.environ["ENV_JOB_GATEWAY_HOST"] + "/api/v1/jobs/" + os.environ["ENV_JOB_ID_GATEWAY"] + "/ended/",
     data=json.dumps({"exit_code": 0}).encode(), method="POST",
@@ -63,6 +64,17 @@ async def test_a_job_that_lies_about_its_end_keeps_its_slot_until_it_is_stopped_
     job_id = await run_job(gw, alice, "liar")
     job = await wait_status(live.state, job_id, {JobStatus.SUCCEEDED}, timeout=120)
     assert not job.ray_confirmed
+    # Final at once, its log readable at once: read from Ray until the copy stored right after is there.
+    logs = (await gw.get(f"/api/v1/jobs/{job_id}/logs/", headers=alice.headers)).json()["logs"]
+    assert "printed before the end was reported" in logs
+    window = await gw.get(f"/api/v1/jobs/{job_id}/logs/", headers=alice.headers, params={"offset": 0})
+    assert "printed before the end was reported" in window.json()["logs"]
+    deadline = time.monotonic() + 30
+    while (stored := await job_row(live.state, job_id)).logs_key is None:
+        assert time.monotonic() < deadline, "the log was not stored after the reported end"
+        await asyncio.sleep(0.2)
+    assert not stored.ray_confirmed
+    assert "printed before the end was reported" in (await live.state.storage.get_bytes(stored.logs_key)).decode()
     async with live.state.sessionmaker() as session:
         held = {row.id for row in await repo.load_active(session)}
     assert job_id in held  # still counted against the running caps

@@ -296,6 +296,14 @@ def test_launcher_prints_the_result_when_the_gateway_is_unreachable(tmp_path: Pa
     assert extract_result(done.stdout)[1] == '{"twice": 2}'
 
 
+def test_launcher_says_so_when_the_result_could_only_be_printed_into_the_log(tmp_path: Path, recorder: str) -> None:
+    _Recorder.answer = 503  # the result is not taken (one attempt, see run_launcher)
+    done = run_launcher(tmp_path, SAVING, recorder, arguments='{"x": 4}')
+    assert done.returncode == 0, done.stderr
+    assert extract_result(done.stdout)[1] == '{"twice": 8}'
+    assert [r["body"] for r in _Recorder.received][1:] == [{"exit_code": 0, "result_in_log": True}]
+
+
 def test_launcher_fails_the_job_when_the_gateway_refuses_the_result(tmp_path: Path, recorder: str) -> None:
     _Recorder.answer = 413
     done = run_launcher(tmp_path, SAVING, recorder, arguments='{"x": 1}')

@@ -89,6 +89,8 @@ async def bootstrap_job(
 
 class JobEndedIn(BaseModel):
     exit_code: int = Field(ge=-255, le=255, examples=[0])
+    result_in_log: bool = False
+    """The launcher could not send the result and printed it into the log: the gateway reads it from there."""
 
 
 @router.post(
@@ -104,5 +106,5 @@ async def job_ended(state: StateDep, principal: PrincipalDep, job_id: str, body:
         raise Forbidden("Only the job itself reports its end (with its job token).")
     principal.check_job(uuid_)
     if state.engine is not None:
-        state.engine.job_ended(uuid_, body.exit_code)
+        state.engine.job_ended(uuid_, body.exit_code, result_in_log=body.result_in_log)
     return Message(message="noted")

@@ -194,29 +194,31 @@ def send_result(text: str) -> bool | None:
     return None
 
 
-def deliver_result(results_path: str) -> int:
-    """Hand the RESULTS_PATH file to the gateway; returns 0, or 1 when the result makes the job fail."""
+def deliver_result(results_path: str) -> tuple[int, bool]:
+    """Hand the RESULTS_PATH file to the gateway: (0, or 1 when the result makes the job fail; whether it could
+    only be printed into the log, where the gateway reads it back)."""
     if not os.path.isfile(results_path):
-        return 0
+        return 0, False
     with open(results_path, encoding="utf-8", errors="replace") as handle:
         text = handle.read()
     try:
         json.loads(text)
     except ValueError as exc:
         say(f"the job's result (the RESULTS_PATH file) is not valid JSON: {exc}")
-        return 1
+        return 1, False
     sent = send_result(text)
     if sent is False:
-        return 1
+        return 1, False
     if sent is None:
         sys.stdout.write(f"\n{RESULT_MARKER} {json.dumps(text)}\n")
         sys.stdout.flush()
-    return 0
+        return 0, True
+    return 0, False
 
 
-def report_end(exit_code: int) -> None:
-    """Tell the gateway the entrypoint has exited (the result is sent), so it finishes the job without waiting
-    for Ray's status; one quick try, since Ray's own status ends the job anyway."""
+def report_end(exit_code: int, *, result_in_log: bool = False) -> None:
+    """Tell the gateway the entrypoint has exited (the result is sent, or printed into the log), so it finishes
+    the job without waiting for Ray's status; one quick try, since Ray's own status ends the job anyway."""
     host = os.environ.get("ENV_JOB_GATEWAY_HOST", "").rstrip("/")
     token = os.environ.get("ENV_JOB_GATEWAY_TOKEN", "")
     job_id = os.environ.get("ENV_JOB_ID_GATEWAY", "")
@@ -224,7 +226,10 @@ def report_end(exit_code: int) -> None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    body = json.dumps({"exit_code": max(-255, min(255, int(exit_code)))}).encode()
+    report: dict[str, object] = {"exit_code": max(-255, min(255, int(exit_code)))}
+    if result_in_log:
+        report["result_in_log"] = True
+    body = json.dumps(report).encode()
     try:
         post_json(f"{host}/api/v1/jobs/{job_id}/ended/", token, body, timeout=5)
     except (OSError, ValueError):
@@ -250,9 +255,9 @@ def main(argv: list[str]) -> int:
     code = run_entrypoint(argv[1], argv[2:])
     if data_sync is not None:
         data_sync.push()
-    delivered = deliver_result(results_path)
+    delivered, result_in_log = deliver_result(results_path)
     final = code or delivered
-    report_end(final)
+    report_end(final, result_in_log=result_in_log)
     return final
 
 

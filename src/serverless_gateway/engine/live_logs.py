@@ -18,7 +18,7 @@ from ..db import SessionMaker
 from ..repositories import engine as repo
 from .clusters.router import Clusters
 from .log_tail import LogTail, LogTails, LogTailsFull
-from .ray_client import RayJobs
+from .ray_client import RayJobNotFound, RayJobs, RayUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,17 @@ class LiveLogs:
             async with self._sessionmaker() as session:
                 cluster_id = await repo.cluster_of(session, job_id)
         return self._clusters.client_now(cluster_id)
+
+    async def ended(self, job_id: uuid.UUID, submission_id: str, max_bytes: int) -> str | None:
+        """The log of a job that ended on its launcher's word but whose log is not stored yet, read once from
+        Ray (at most its last `max_bytes`); None when its cluster or Ray cannot tell."""
+        ray = await self._client(job_id)
+        if ray is None:
+            return None
+        try:
+            return await ray.logs(submission_id, max_bytes, wait_end=False)
+        except (RayJobNotFound, RayUnavailable):
+            return None
 
     @contextlib.asynccontextmanager
     async def tail(self, job_id: uuid.UUID, submission_id: str) -> AsyncIterator[LogTail | None]:

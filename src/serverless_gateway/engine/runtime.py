@@ -95,18 +95,19 @@ class EngineRuntime:
     def wake(self) -> None:
         self._wake.set()
 
-    def job_ended(self, job_id: uuid.UUID, exit_code: int) -> None:
+    def job_ended(self, job_id: uuid.UUID, exit_code: int, *, result_in_log: bool = False) -> None:
         """The job's launcher reported the entrypoint's exit: finish the job now, in the background."""
         if self.sync is None:
             return
-        task = asyncio.create_task(self._finish_reported(job_id, exit_code), name=f"job-ended-{job_id}")
+        finishing = self._finish_reported(job_id, exit_code, result_in_log)
+        task = asyncio.create_task(finishing, name=f"job-ended-{job_id}")
         self._reported.add(task)
         task.add_done_callback(self._reported.discard)
 
-    async def _finish_reported(self, job_id: uuid.UUID, exit_code: int) -> None:
+    async def _finish_reported(self, job_id: uuid.UUID, exit_code: int, result_in_log: bool) -> None:
         assert self.sync is not None
         try:
-            await self.sync.job_ended(job_id, exit_code)
+            await self.sync.job_ended(job_id, exit_code, result_in_log=result_in_log)
         except Exception:  # the status sync finishes it from Ray's view instead
             logger.exception("could not finish job %s at its reported end", job_id)
 
@@ -155,6 +156,16 @@ class EngineRuntime:
         if start > 0:  # the start is no longer kept: begin at a whole line
             data = data[data.find(b"\n") + 1 :]
         text, _ = await prepare_logs(data.decode("utf-8", errors="replace"), self.state.settings.log_max_bytes)
+        return text
+
+    async def unstored_logs(self, job_id: uuid.UUID, submission_id: str) -> str | None:
+        if self.sync is None:
+            return None
+        max_bytes = self.state.settings.log_max_bytes
+        raw = await self.live.ended(job_id, submission_id, max_bytes)
+        if raw is None:
+            return None
+        text, _ = await prepare_logs(raw, max_bytes)
         return text
 
     async def wait_live_log(self, job_id: uuid.UUID, submission_id: str, offset: int, timeout: float) -> None:

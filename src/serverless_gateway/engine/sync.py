@@ -24,6 +24,7 @@ from .clusters.router import Clusters, ClusterStatus
 from .dispatcher import Dispatcher
 from .joblogs import failure_summary, logs_key, prepare_logs
 from .ray_client import RayJobNotFound, RayJobs, RayJobState, RayUnavailable
+from .reported_end import ReportedEnds
 from .submission import SUBMISSION_PREFIX, job_id_from_submission
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class StatusSync:
         self.active_count = 0
         # Which cluster each active job runs on (for live logs), as of the last pass.
         self.cluster_of: dict[uuid.UUID, uuid.UUID | None] = {}
+        self.reported = ReportedEnds(state=state, clusters=clusters, finish=self._finish)
 
     async def sync_once(self) -> int:
         """Sync every PENDING/RUNNING job, one `list_jobs` per cluster; returns how many ended.
@@ -111,7 +113,7 @@ class StatusSync:
         ended = 0
         for row in rows:
             if row.status.is_terminal():
-                await self._confirm(row, None)  # reported ended, and its cluster is gone: nothing to wait for
+                await self.reported.confirm(row, None)  # reported ended, and its cluster is gone: nothing to wait for
                 continue
             if self.dispatcher.owns(row.id):
                 continue
@@ -133,6 +135,8 @@ class StatusSync:
         for row in active:
             ray_state = ray_jobs.get(row.submission_id or "")
             if row.status.is_terminal():  # its launcher reported the end: free its slot once Ray agrees
+                if row.id in self.reported.storing:
+                    continue  # its early logs are being stored: confirmed on the next pass
                 if ray_state is None or ray_state.is_terminal:
                     confirm.append((row, ray_state))
                 elif row.updated_at < snapshot - REPORTED_END_GRACE:
@@ -152,51 +156,16 @@ class StatusSync:
                 await self._send_stop(row)
         await self._apply_running(to_running, seen_submitted)
         for row, ray_state in confirm:
-            await self._confirm(row, ray_state)
+            await self.reported.confirm(row, ray_state)
         for row in lost:
             await self._finish(row, None, note=LOST_REASON)
         if finished:
             await asyncio.gather(*(self._finalize(row, ray_state) for row, ray_state in finished))
         return len(finished) + len(lost) + len(confirm)
 
-    async def job_ended(self, job_id: uuid.UUID, exit_code: int) -> None:
-        """The launcher says the entrypoint exited (after sending the result): finish the job now.
-
-        Its status, result and logs are final at once; it keeps its running slot (`ray_confirmed` false) until
-        Ray's own status agrees, and its stored logs are completed then.
-        """
-        async with self.state.sessionmaker() as session:
-            row = await repo.load_one_active(session, job_id)
-        if row is None or row.stop_requested or exit_code != 0:
-            # Ended already, or a stop is under way, or it failed: Ray's verdict (with the traceback, which may
-            # not have reached Ray's log yet) decides.
-            return
-        status = "SUCCEEDED" if exit_code == 0 else "FAILED"
-        message = None if exit_code == 0 else f"Job entrypoint command failed with exit code {exit_code}"
-        reported = RayJobState(submission_id=row.submission_id or "", status=status, message=message)
-        async with _job_logging(row):
-            await self._finish(row, reported, early=True)
-
-    async def _confirm(self, row: ActiveJob, ray_state: RayJobState | None) -> None:
-        """Ray agrees a reported end: store the complete logs, free the slot, forget the job on Ray."""
-        ray = self.clusters.client_now(row.cluster_id)
-        complete: str | None = None
-        if ray_state is not None and ray is not None and row.submission_id:
-            try:
-                raw = await ray.logs(row.submission_id, self.state.settings.log_max_bytes, wait_end=True)
-                text, _ = await prepare_logs(raw, self.state.settings.log_max_bytes)
-                key = logs_key(row.id)
-                await self.state.storage.put_bytes(key, text.encode("utf-8"))
-                complete = key
-            except (RayJobNotFound, RayUnavailable, StorageError) as exc:
-                logger.info("kept the logs stored at the reported end of job %s (%s)", row.id, exc)
-        async with self.state.sessionmaker() as session, session.begin():
-            await repo.confirm_on_ray(session, row.id, complete)
-        if ray_state is not None and ray is not None and row.submission_id:
-            try:
-                await ray.delete(row.submission_id)
-            except RayUnavailable as exc:
-                logger.info("could not delete Ray job %s: %s", row.submission_id, exc)
+    async def job_ended(self, job_id: uuid.UUID, exit_code: int, *, result_in_log: bool = False) -> None:
+        """The launcher says the entrypoint exited: finish the job now (see reported_end.py)."""
+        await self.reported.job_ended(job_id, exit_code, result_in_log=result_in_log)
 
     async def _stop_liar(self, row: ActiveJob) -> None:
         """A job that reported its end long ago still runs on Ray: stop it (it keeps its slot until it stops)."""

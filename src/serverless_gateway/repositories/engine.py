@@ -275,6 +275,16 @@ async def load_one_active(session: AsyncSession, job_id: uuid.UUID) -> ActiveJob
     return _active(row) if row is not None else None
 
 
+async def set_logs_key(session: AsyncSession, job_id: uuid.UUID, logs_key: str) -> None:
+    """The logs stored at a reported end, unless Ray's confirmation stored the complete ones already."""
+    await session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.logs_key.is_(None))
+        .values(logs_key=logs_key)
+        .execution_options(synchronize_session=False)
+    )
+
+
 async def confirm_on_ray(session: AsyncSession, job_id: uuid.UUID, logs_key: str | None = None) -> None:
     """Ray agrees the job ended: its running slot is free (and `logs_key`, when given, holds its complete logs)."""
     values: dict[str, object] = {"ray_confirmed": True}

@@ -18,7 +18,7 @@ from ..engine.launcher import RESULT_MARKER
 from ..models import Job, JobStatus
 from ..state import GatewayState
 from ..storage.base import ObjectNotFound
-from .logs import LOG_CHUNK_SIZE, split_logs
+from .logs import LOG_CHUNK_SIZE, ended_unstored, split_logs
 
 MAX_WINDOW_BYTES = 4 * 1024 * 1024
 MAX_TAIL_LINES = 10_000
@@ -71,12 +71,12 @@ async def _log_bytes(state: GatewayState, job: Job, start: int, limit: int) -> _
             return _Bytes(await _read(chunks, limit), start, info.size, False)
         except ObjectNotFound:
             return _Bytes(b"", start, 0, False)
-    live = (
-        state.engine is not None
-        and job.ray_submission_id
-        and JobStatus(job.status) in (JobStatus.PENDING, JobStatus.RUNNING)
-    )
-    if not live or state.engine is None or job.ray_submission_id is None:
+    if state.engine is None or job.ray_submission_id is None:
+        return _Bytes(b"", start, 0, False)
+    if ended_unstored(job):
+        whole = (await state.engine.unstored_logs(job.id, job.ray_submission_id) or "").encode("utf-8")
+        return _Bytes(whole[start : start + max(limit, 0)], start, len(whole), False)
+    if JobStatus(job.status) not in (JobStatus.PENDING, JobStatus.RUNNING):
         return _Bytes(b"", start, 0, False)
     got = await state.engine.live_log_bytes(job.id, job.ray_submission_id, start, limit)
     if got is None:

@@ -119,13 +119,19 @@ async def open_raw_job_logs(state: GatewayState, job: Job) -> AsyncIterator[str]
         except (ObjectNotFound, StopAsyncIteration):
             return _one("")
         return decoded_chunks(chunks, first)
-    if (
-        state.engine is not None
-        and job.ray_submission_id
-        and JobStatus(job.status) in (JobStatus.PENDING, JobStatus.RUNNING)
-    ):
+    if state.engine is None or not job.ray_submission_id:
+        return _one("")
+    if JobStatus(job.status) in (JobStatus.PENDING, JobStatus.RUNNING):
         return _one(await state.engine.live_logs(job.id, job.ray_submission_id) or "")
+    if ended_unstored(job):
+        return _one(await state.engine.unstored_logs(job.id, job.ray_submission_id) or "")
     return _one("")
+
+
+def ended_unstored(job: Job) -> bool:
+    """Its launcher reported its end a moment ago and its log is not stored yet (the job is final before its log
+    is, see engine/reported_end.py): the log is read from Ray once."""
+    return JobStatus(job.status).is_terminal() and not job.ray_confirmed and not job.logs_key
 
 
 async def open_job_logs(
