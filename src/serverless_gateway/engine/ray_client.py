@@ -244,17 +244,22 @@ class RayJobs:
         for a while) is found missing by the existence check Ray's own client makes, and uploaded again.
         """
         env = dict(runtime_env)
+        # (key, index in py_modules or None for working_dir, local directory) of every package to refer to
+        wanted: list[tuple[str, int | None, str]] = []
         working_dir = env.get("working_dir")
         if isinstance(working_dir, str) and _is_local_dir(working_dir):
-            env["working_dir"] = await self._package_uri(working_dir, parent=False)
+            wanted.append(("working_dir", None, working_dir))
         modules = env.get("py_modules")
         if isinstance(modules, list):
-            env["py_modules"] = [
-                await self._package_uri(module, parent=True)
-                if isinstance(module, str) and _is_local_dir(module)
-                else module
-                for module in modules
-            ]
+            modules = env["py_modules"] = list(modules)
+            wanted += [("py_modules", i, m) for i, m in enumerate(modules) if isinstance(m, str) and _is_local_dir(m)]
+        # Checked (and uploaded when missing) at once: each check is a round trip to Ray.
+        uris = await asyncio.gather(*(self._package_uri(path, parent=key == "py_modules") for key, _, path in wanted))
+        for (key, index, _), uri in zip(wanted, uris, strict=True):
+            if index is None:
+                env[key] = uri
+            else:
+                env[key][index] = uri
         return env
 
     async def _package_uri(self, path: str, *, parent: bool) -> str:
