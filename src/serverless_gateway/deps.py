@@ -20,9 +20,13 @@ from .state import GatewayState
 from .storage import Storage
 
 
-async def get_state(request: Request) -> GatewayState:
+def state_of(request: Request) -> GatewayState:
     state: GatewayState = request.app.state.gateway
     return state
+
+
+async def get_state(request: Request) -> GatewayState:
+    return state_of(request)
 
 
 StateDep = Annotated[GatewayState, Depends(get_state)]
@@ -39,9 +43,15 @@ def reads_only_through_session(endpoint: Endpoint) -> Endpoint:
     return endpoint
 
 
-async def get_session(request: Request, state: StateDep) -> AsyncIterator[AsyncSession]:
+# The dependencies below read the state from the request rather than through `StateDep`: FastAPI solves every
+# sub-dependency again for each dependency that declares it (its cache only spares the call), and these are
+# on every request's path.
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """The request's session: one transaction for a write; AUTOCOMMIT statements for a GET or HEAD (or an
     endpoint marked `reads_only_through_session`)."""
+    state = state_of(request)
     maker = state.sessionmaker
     read_only = request.method in READ_ONLY_METHODS
     read_only = read_only or getattr(request.scope.get("endpoint"), _READS_ONLY_THROUGH_SESSION, False)
@@ -54,8 +64,8 @@ async def get_session(request: Request, state: StateDep) -> AsyncIterator[AsyncS
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
-async def get_driver_transaction(state: StateDep) -> AsyncIterator[DriverTransaction]:
-    async for transaction in driver_scope(state.db_engine):
+async def get_driver_transaction(request: Request) -> AsyncIterator[DriverTransaction]:
+    async for transaction in driver_scope(state_of(request).db_engine):
         yield transaction
 
 
@@ -63,15 +73,15 @@ DriverTransactionDep = Annotated[DriverTransaction, Depends(get_driver_transacti
 """The request's asyncpg transaction, for a hot write that bypasses SQLAlchemy (`db.driver_scope`)."""
 
 
-async def get_settings(state: StateDep) -> Settings:
-    return state.settings
+async def get_settings(request: Request) -> Settings:
+    return state_of(request).settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-async def get_storage(state: StateDep) -> Storage:
-    return state.storage
+async def get_storage(request: Request) -> Storage:
+    return state_of(request).storage
 
 
 StorageDep = Annotated[Storage, Depends(get_storage)]
@@ -81,7 +91,6 @@ bearer_scheme = HTTPBearer(auto_error=False, description="An API token: `Authori
 
 async def get_principal(
     request: Request,
-    state: StateDep,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> Principal:
@@ -90,7 +99,7 @@ async def get_principal(
         return checked
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized()
-    principal = await authenticate(session, credentials.credentials, state.token_cache)
+    principal = await authenticate(session, credentials.credentials, state_of(request).token_cache)
     log_config.bind(user_id=principal.user_id, job_id=principal.job_id)
     return principal
 
