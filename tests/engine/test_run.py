@@ -243,9 +243,9 @@ async def test_a_programs_files_are_hashed_and_uploaded_once_per_cluster(
     hashed: list[str] = []
     original = ray_client.zip_directory
 
-    def counting(directory: str, *, include_parent_dir: bool) -> bytes:
+    def counting(directory: str, *, include_parent_dir: bool, bundle: str | None = None) -> bytes:
         hashed.append(directory)
-        return original(directory, include_parent_dir=include_parent_dir)
+        return original(directory, include_parent_dir=include_parent_dir, bundle=bundle)
 
     monkeypatch.setattr(ray_client, "zip_directory", counting)
     # Unlike any other program of this session: its working dir is new to the cluster.

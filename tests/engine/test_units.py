@@ -372,6 +372,30 @@ async def test_package_uris_are_reused_and_uploaded_again_once_ray_dropped_them(
     await ray.close()
 
 
+async def test_the_launcher_travels_in_the_working_dir_package_and_wins_over_a_programs_own(tmp_path: Path) -> None:
+    from serverless_gateway.engine.ray_client import RayJobs
+
+    workdir, launcher_dir = tmp_path / "work", tmp_path / "built" / "serverless_gateway_job"
+    (workdir / "serverless_gateway_job").mkdir(parents=True)
+    (workdir / "serverless_gateway_job" / "__main__.py").write_text("print('not the launcher')\n")
+    (workdir / "main.py").write_text("print('hi')\n")
+    launcher_dir.mkdir(parents=True)
+    (launcher_dir / "__main__.py").write_text("LAUNCHER = True\n")
+    cluster = _PackagesOnACluster()
+    ray = RayJobs("http://ray.test")
+    ray._http = httpx.AsyncClient(base_url="http://ray.test", transport=httpx.MockTransport(cluster))
+    env = await ray._with_package_uris({"working_dir": str(workdir)}, bundle=str(launcher_dir))
+    assert set(env) == {"working_dir"}  # one package: no py_modules to set up
+    [data] = cluster.stored.values()
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    assert sorted(archive.namelist()) == ["main.py", "serverless_gateway_job/__main__.py"]
+    assert archive.read("serverless_gateway_job/__main__.py") == b"LAUNCHER = True\n"
+    # The same program without the launcher is another package (the cache tells them apart).
+    plain = await ray._with_package_uris({"working_dir": str(workdir)})
+    assert plain["working_dir"] != env["working_dir"]
+    await ray.close()
+
+
 def _one_answer(raw: bytes) -> tuple[str, list[bytes]]:
     """A server on a free port that reads one request, answers `raw` and closes: (its URL, requests seen)."""
     import socket

@@ -170,6 +170,7 @@ class Dispatcher:
                     runtime_env=submission.runtime_env,
                     metadata=submission.metadata,
                     entrypoint_num_cpus=submission.entrypoint_num_cpus,
+                    bundle=submission.bundle,
                 )
         except ClusterFailed as exc:
             if exc.deterministic:

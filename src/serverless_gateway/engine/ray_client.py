@@ -122,34 +122,46 @@ PACKAGE_PREFIX = "_ray_pkg_"
 """How Ray names uploaded packages (`gcs://_ray_pkg_<hash>.zip`)."""
 
 
-def zip_directory(path: str, *, include_parent_dir: bool) -> bytes:
+def zip_directory(path: str, *, include_parent_dir: bool, bundle: str | None = None) -> bytes:
     """A directory as Ray's client packs it: its files (and empty directories) relative to it, or, with
     `include_parent_dir` (py_modules), under the directory's own name. Symbolic links are left out (never
-    followed out of the directory); entries are sorted and dated 1980 so that the same content zips the same."""
+    followed out of the directory); entries are sorted and dated 1980 so that the same content zips the same.
+
+    `bundle`, another directory, is packed beside the files under its own name (instead of anything of that
+    name in `path`): the launcher package travels in each program's working-dir package, so a job needs one.
+    """
     root = Path(path)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-        for folder, dirs, files in os.walk(root):
-            dirs.sort()
-            base = Path(folder)
-            if not dirs and not files and base != root:
-                entries = [base]
-            else:
-                entries = [base / name for name in sorted(files)]
-            for entry in entries:
-                info = entry.lstat()
-                if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
-                    continue
-                name = entry.relative_to(root).as_posix()
-                if include_parent_dir:
-                    name = f"{root.name}/{name}"
-                if stat.S_ISDIR(info.st_mode):
-                    archive.writestr(zipfile.ZipInfo(f"{name}/"), b"")
-                    continue
-                member = zipfile.ZipInfo(name)
-                member.external_attr = (info.st_mode & 0o7777) << 16
-                archive.writestr(member, entry.read_bytes())
+        skip = Path(bundle).name if bundle is not None else None
+        _add_tree(archive, root, f"{root.name}/" if include_parent_dir else "", skip=skip)
+        if bundle is not None:
+            _add_tree(archive, Path(bundle), f"{Path(bundle).name}/", skip=None)
     return buffer.getvalue()
+
+
+def _add_tree(archive: zipfile.ZipFile, root: Path, prefix: str, *, skip: str | None) -> None:
+    for folder, dirs, files in os.walk(root):
+        base = Path(folder)
+        if base == root and skip is not None:
+            dirs[:] = [name for name in dirs if name != skip]
+            files = [name for name in files if name != skip]
+        dirs.sort()
+        if not dirs and not files and base != root:
+            entries = [base]
+        else:
+            entries = [base / name for name in sorted(files)]
+        for entry in entries:
+            info = entry.lstat()
+            if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+                continue
+            name = prefix + entry.relative_to(root).as_posix()
+            if stat.S_ISDIR(info.st_mode):
+                archive.writestr(zipfile.ZipInfo(f"{name}/"), b"")
+                continue
+            member = zipfile.ZipInfo(name)
+            member.external_attr = (info.st_mode & 0o7777) << 16
+            archive.writestr(member, entry.read_bytes())
 
 
 def package_uri(data: bytes) -> str:
@@ -220,12 +232,16 @@ class RayJobs:
         runtime_env: dict[str, Any],
         metadata: dict[str, str] | None = None,
         entrypoint_num_cpus: float | None = None,
+        bundle: str | None = None,
     ) -> bool:
-        """Submit a job; True when Ray took it now, False when this submission id was already taken."""
+        """Submit a job; True when Ray took it now, False when this submission id was already taken.
+
+        `bundle`: a directory packed into the working-dir package under its own name (see `zip_directory`).
+        """
         body: dict[str, Any] = {
             "entrypoint": entrypoint,
             "submission_id": submission_id,
-            "runtime_env": await self._with_package_uris(runtime_env),
+            "runtime_env": await self._with_package_uris(runtime_env, bundle=bundle),
             "metadata": metadata or {},
         }
         if entrypoint_num_cpus:
@@ -236,7 +252,7 @@ class RayJobs:
             return False
         return True
 
-    async def _with_package_uris(self, runtime_env: dict[str, Any]) -> dict[str, Any]:
+    async def _with_package_uris(self, runtime_env: dict[str, Any], *, bundle: str | None = None) -> dict[str, Any]:
         """`runtime_env` with its local directories replaced by the URIs of packages already on the cluster.
 
         The gateway's directories never change (they are named by their content), so each is zipped and
@@ -254,7 +270,12 @@ class RayJobs:
             modules = env["py_modules"] = list(modules)
             wanted += [("py_modules", i, m) for i, m in enumerate(modules) if isinstance(m, str) and _is_local_dir(m)]
         # Checked (and uploaded when missing) at once: each check is a round trip to Ray.
-        uris = await asyncio.gather(*(self._package_uri(path, parent=key == "py_modules") for key, _, path in wanted))
+        uris = await asyncio.gather(
+            *(
+                self._package_uri(path, parent=key == "py_modules", bundle=bundle if key == "working_dir" else None)
+                for key, _, path in wanted
+            )
+        )
         for (key, index, _), uri in zip(wanted, uris, strict=True):
             if index is None:
                 env[key] = uri
@@ -262,20 +283,21 @@ class RayJobs:
                 env[key][index] = uri
         return env
 
-    async def _package_uri(self, path: str, *, parent: bool) -> str:
-        lock = self._package_locks.setdefault(path, asyncio.Lock())
+    async def _package_uri(self, path: str, *, parent: bool, bundle: str | None = None) -> str:
+        key = path if bundle is None else f"{path}\0{bundle}"
+        lock = self._package_locks.setdefault(key, asyncio.Lock())
         async with lock:  # jobs of one program submitted at once: the first zips and uploads, the others wait
-            uri = self._packages.get(path)
+            uri = self._packages.get(key)
             if uri is not None and await self._package_exists(uri):
                 return uri
-            data = await asyncio.to_thread(zip_directory, path, include_parent_dir=parent)
+            data = await asyncio.to_thread(zip_directory, path, include_parent_dir=parent, bundle=bundle)
             uri = package_uri(data)
             if not await self._package_exists(uri):
                 name = uri.removeprefix("gcs://")
                 await self._request(
                     "PUT", f"/api/packages/gcs/{name}", kind="submit", timeout=self.submit_timeout, content=data
                 )
-            self._packages[path] = uri
+            self._packages[key] = uri
             return uri
 
     async def _package_exists(self, uri: str) -> bool:

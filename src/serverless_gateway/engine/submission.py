@@ -1,4 +1,4 @@
-"""What a claimed job is submitted to Ray with: working dir, launcher package, pip packages, env vars, resources.
+"""What a claimed job is submitted to Ray with: working dir (with the launcher), pip packages, env vars, resources.
 
 `config` mapping (documented in docs/engine.md): the entrypoint reserves `job_entrypoint_num_cpus` CPUs
 (default 0, Ray's own default, so the gateway's running-job caps bound concurrency); `workers`, `min_workers`,
@@ -37,6 +37,8 @@ class Submission:
     runtime_env: dict[str, Any]
     metadata: dict[str, str] = field(default_factory=dict)
     entrypoint_num_cpus: float | None = None
+    bundle: str | None = None
+    """The launcher package, packed into the working-dir package (one package per job to set up, not two)."""
 
 
 def submission_id_for(job_id: uuid.UUID) -> str:
@@ -106,7 +108,6 @@ async def build_submission(
     package = await workdirs.launcher_package()
     runtime_env: dict[str, Any] = {
         "working_dir": str(program_dir),
-        "py_modules": [str(package)],
         "env_vars": job_env(claimed, bootstrap=bootstrap, settings=settings),
     }
     if requirements:
@@ -119,4 +120,5 @@ async def build_submission(
         runtime_env=runtime_env,
         metadata=metadata,
         entrypoint_num_cpus=settings.job_entrypoint_num_cpus or None,
+        bundle=str(package),
     )
