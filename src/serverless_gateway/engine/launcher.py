@@ -27,7 +27,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .launcher_data import DataSync
-from .launcher_http import post_json, say
+from .launcher_http import answer_text, post_json, say
 
 if TYPE_CHECKING:  # imported where used: every millisecond of start-up is added to every job
     from types import TracebackType
@@ -60,7 +60,7 @@ def fetch_bootstrap() -> dict[str, object] | None:
             if 200 <= status < 300:
                 body: dict[str, object] = json.loads(answer)
                 return body
-            detail = f"{status} {answer[:2000].decode('utf-8', errors='replace')}"
+            detail = f"{status} {answer_text(answer)}"
             if 400 <= status < 500 and status not in (408, 429):
                 break
         except (OSError, ValueError) as exc:
@@ -163,7 +163,7 @@ def run_entrypoint(entrypoint: str, args: list[str]) -> int:
 
 def _post(url: str, token: str, body: bytes) -> tuple[int, str]:
     status, answer = post_json(url, token, body, timeout=30)
-    return status, "" if 200 <= status < 300 else answer[:2000].decode("utf-8", errors="replace")
+    return status, "" if 200 <= status < 300 else answer_text(answer)
 
 
 def send_result(text: str) -> bool | None:

@@ -12,7 +12,7 @@ import os
 import stat
 from collections.abc import Iterator
 
-from .launcher_http import exchange, say
+from .launcher_http import answer_text, exchange, say
 
 _COPY_CHUNK = 1024 * 1024
 FileState = tuple[int, int]
@@ -24,13 +24,7 @@ class SyncError(OSError):
 
     def __init__(self, status: int, detail: bytes):
         self.status = status
-        super().__init__(f"{status} {detail[:2000].decode('utf-8', errors='replace')}")
-
-
-def _quote(value: str) -> str:
-    """Percent-encode a query value (what urllib.parse.quote does with safe='', without importing it)."""
-    unreserved = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
-    return "".join(chr(byte) if chr(byte) in unreserved else f"%{byte:02X}" for byte in value.encode("utf-8"))
+        super().__init__(f"{status} {answer_text(detail)}")
 
 
 class DataSync:
@@ -70,9 +64,10 @@ class DataSync:
         return cls(host=host, token=token, function=function, provider=provider, data_path=data_path, remote=remote)
 
     def _url(self, action: str, **extra: str) -> str:
+        import urllib.parse  # only a job with files to sync pays for it (a few ms)
+
         query = {"function": self.function, **({"provider": self.provider} if self.provider else {}), **extra}
-        encoded = "&".join(f"{_quote(key)}={_quote(value)}" for key, value in query.items())
-        return f"{self.host}/api/v1/files/{action}?{encoded}"
+        return f"{self.host}/api/v1/files/{action}?{urllib.parse.urlencode(query)}"
 
     def _state(self, name: str) -> FileState:
         info = os.stat(os.path.join(self.data_path, name))

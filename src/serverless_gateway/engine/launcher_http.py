@@ -80,23 +80,21 @@ def _read_answer(connection: socket.socket, sink: BinaryIO | None) -> tuple[int,
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length" and value.strip().isdigit():
             expected = int(value)
-    streamed = sink is not None and 200 <= status < 300
-    chunks = [first]
+    kept: list[bytes] = []
+    write = sink.write if sink is not None and 200 <= status < 300 else kept.append
+    write(first)
     received = len(first)
-    if streamed:
-        assert sink is not None
-        sink.write(first)
-        chunks = []
     while chunk := connection.recv(_RECV):
         received += len(chunk)
-        if streamed:
-            assert sink is not None
-            sink.write(chunk)
-        else:
-            chunks.append(chunk)
+        write(chunk)
     if expected is not None and received < expected:
         raise OSError("the gateway's answer was cut off")
-    return status, b"".join(chunks)
+    return status, b"".join(kept)
+
+
+def answer_text(answer: bytes) -> str:
+    """The start of an error answer, for a line in the job's log."""
+    return answer[:2000].decode("utf-8", errors="replace")
 
 
 def post_json(url: str, token: str, body: bytes, *, timeout: float) -> tuple[int, bytes]:
