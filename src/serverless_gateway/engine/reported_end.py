@@ -23,7 +23,7 @@ from ..state import GatewayState
 from ..storage.base import StorageError
 from .clusters.router import Clusters
 from .joblogs import logs_key, prepare_logs
-from .ray_client import RayJobNotFound, RayJobState, RayUnavailable
+from .ray_client import RayJobNotFound, RayJobs, RayJobState, RayUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -87,17 +87,22 @@ class ReportedEnds:
         ray = self.clusters.client_now(ended.cluster_id)
         if ray is None or not ended.submission_id:
             return
-        max_bytes = self.state.settings.log_max_bytes
         try:
-            raw = await ray.logs(ended.submission_id, max_bytes, wait_end=False)
-            text, _ = await prepare_logs(raw, max_bytes)
-            key = logs_key(job_id)
-            await self.state.storage.put_bytes(key, text.encode("utf-8"))
+            key = await self._save_log(ray, ended.submission_id, job_id, wait_end=False)
         except (RayJobNotFound, RayUnavailable, StorageError) as exc:
             logger.info("the logs of job %s are stored when Ray confirms its end (%s)", job_id, exc)
             return
         async with self.state.sessionmaker() as session, session.begin():
             await repo.set_logs_key(session, job_id, key)
+
+    async def _save_log(self, ray: RayJobs, submission_id: str, job_id: uuid.UUID, *, wait_end: bool) -> str:
+        """Read the job's log from Ray (capped) and store it under a new key, which is returned."""
+        max_bytes = self.state.settings.log_max_bytes
+        raw = await ray.logs(submission_id, max_bytes, wait_end=wait_end)
+        text, _ = await prepare_logs(raw, max_bytes)
+        key = logs_key(job_id)
+        await self.state.storage.put_bytes(key, text.encode("utf-8"))
+        return key
 
     async def confirm(self, row: ActiveJob, ray_state: RayJobState | None) -> None:
         """Ray agrees a reported end: store the complete logs, free the slot, forget the job on Ray."""
@@ -105,11 +110,7 @@ class ReportedEnds:
         complete: str | None = None
         if ray_state is not None and ray is not None and row.submission_id:
             try:
-                raw = await ray.logs(row.submission_id, self.state.settings.log_max_bytes, wait_end=True)
-                text, _ = await prepare_logs(raw, self.state.settings.log_max_bytes)
-                key = logs_key(row.id)
-                await self.state.storage.put_bytes(key, text.encode("utf-8"))
-                complete = key
+                complete = await self._save_log(ray, row.submission_id, row.id, wait_end=True)
             except (RayJobNotFound, RayUnavailable, StorageError) as exc:
                 logger.info("kept the logs stored at the reported end of job %s (%s)", row.id, exc)
         async with self.state.sessionmaker() as session, session.begin():
