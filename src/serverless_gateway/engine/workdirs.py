@@ -1,8 +1,9 @@
 """Local directories a submission needs: each program artifact unpacked once, and a small per-job launcher package.
 
-Ray uploads both to the cluster at submission (content-addressed packages), so the workers need not share a
-filesystem with the gateway. The unpacked artifact is shared by every job of that artifact and never changed;
-the launcher package is the same for every job.
+The engine zips the artifact's directory with the launcher package inside it and uploads that to each cluster
+once (a content-addressed package), so the workers need not share a filesystem with the gateway. The unpacked
+artifact is shared by every job of that artifact and never changed; the launcher package is the same for every
+job.
 """
 
 from __future__ import annotations
@@ -112,8 +113,9 @@ class Workdirs:
     async def launcher_package(self) -> Path:
         """`<root>/launcher/<sha256>/<package>/`: the launcher (`__main__.py`, its modules), the same for every job.
 
-        Ray uploads a local py_module once per cluster (its URI is derived from its content), so no job pays
-        for a package of its own; what differs per job reaches the launcher through its one-time bootstrap.
+        It travels inside each program's working-dir package (`RayJobs.submit(bundle=...)`), uploaded once per
+        cluster, so no job pays for a package of its own; what differs per job reaches the launcher through its
+        one-time bootstrap.
         """
         if self._launcher_dir is not None:
             return self._launcher_dir
