@@ -149,17 +149,31 @@ def create_read_sessionmaker(engine: AsyncEngine) -> SessionMaker:
     return create_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
 
 
+def _untouched(session: AsyncSession) -> bool:
+    """Nothing ran and nothing was added: there is no connection to give back and nothing to commit."""
+    return not session.in_transaction() and not session.new and len(session.identity_map) == 0
+
+
 async def session_scope(sessionmaker: SessionMaker) -> AsyncIterator[AsyncSession]:
-    """One transaction per request: commit when the handler succeeds, roll back when it raises."""
-    async with sessionmaker() as session:
-        try:
-            yield session
+    """One transaction per request: commit when the handler succeeds, roll back when it raises.
+
+    A session the request never used (a token from the cache, an answer from memory) is dropped as it is: its
+    commit and close would cost a request about 0.1 ms of greenlet hops for nothing.
+    """
+    session = sessionmaker()
+    try:
+        yield session
+        if not _untouched(session):
             await session.commit()
-        except BaseException:
+    except BaseException:
+        if not _untouched(session):
             await session.rollback()
-            raise
-        for callback in session.info.pop(AFTER_COMMIT, []):
-            callback()
+        raise
+    finally:
+        if not _untouched(session):
+            await session.close()
+    for callback in session.info.pop(AFTER_COMMIT, []):
+        callback()
 
 
 _DEAD_CONNECTION = (
