@@ -6,6 +6,7 @@ import hashlib
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -24,6 +25,8 @@ USER_TOKEN_PREFIX = "gw_"
 TOKEN_USE_RESOLUTION = timedelta(minutes=1)
 """`api_token.last_used_at` is rewritten at most this often, so a busy token does not cost a write per request."""
 JOB_TOKEN_PREFIX = "gwjob_"
+MAX_TOKEN_LENGTH = 512
+"""Longer bearer values are refused unhashed."""
 
 
 def new_user_token() -> str:
@@ -88,6 +91,12 @@ class TokenCache:
             return None
         return entry[1]
 
+    def lookup(self, token: str) -> Principal | None:
+        """The cached principal of a user token; None for a job token (never cached: its job may end any time)."""
+        if not token or len(token) > MAX_TOKEN_LENGTH or token.startswith(JOB_TOKEN_PREFIX):
+            return None
+        return self.get(hash_token(token))
+
     def put(self, token_hash: str, principal: Principal) -> None:
         if self._ttl <= 0:
             return
@@ -98,7 +107,7 @@ class TokenCache:
 
 async def authenticate(session: AsyncSession, token: str, cache: TokenCache) -> Principal:
     """Resolve a bearer token to a principal, or raise 401."""
-    if not token or len(token) > 512:
+    if not token or len(token) > MAX_TOKEN_LENGTH:
         raise Unauthorized()
     digest = hash_token(token)
     if token.startswith(JOB_TOKEN_PREFIX):
@@ -136,6 +145,18 @@ async def authenticate(session: AsyncSession, token: str, cache: TokenCache) -> 
         await _record_token_use(session, stored.id)
     principal = Principal(user_id=stored.user_id, username=username, token_id=stored.id, expires_at=stored.expires_at)
     cache.put(digest, principal)
+    return principal
+
+
+async def authenticate_request(sessions: Callable[[], AsyncSession], token: str, cache: TokenCache) -> Principal:
+    """`authenticate` for a request: a cached user token costs no session at all; otherwise a short session of
+    its own checks the token (and stamps its use) and is gone before the request's work begins."""
+    cached = cache.lookup(token)
+    if cached is not None:
+        return cached
+    async with sessions() as session:
+        principal = await authenticate(session, token, cache)
+        await session.commit()  # the `last_used_at` stamp, when one was due
     return principal
 
 

@@ -62,3 +62,8 @@ class GatewayState:
     engine: Engine | None = None
     wake_dispatcher: Callable[[], None] = lambda: None
     file_usage: SpaceUsage = field(default_factory=SpaceUsage)
+
+    @property
+    def read_sessions(self) -> SessionMaker:
+        """Sessions for reads outside a request's own (a token look-up, a followed log): AUTOCOMMIT if there are."""
+        return self.read_sessionmaker or self.sessionmaker

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..auth import Principal, authenticate
+from ..auth import Principal, authenticate_request
 from ..config import Settings
 from ..errors import DATABASE_UNAVAILABLE, Unauthorized, error_body, is_database_outage
 from ..state import GatewayState
@@ -135,9 +135,7 @@ class BodyGuard:
         try:
             if token is None:
                 raise Unauthorized()
-            # Autocommit when there is a read sessionmaker: a token look-up needs no BEGIN/ROLLBACK round trips.
-            async with (state.read_sessionmaker or state.sessionmaker)() as session:
-                return await authenticate(session, token, state.token_cache)
+            return await authenticate_request(state.read_sessions, token, state.token_cache)
         except Unauthorized as exc:
             await _refuse(send, exc.status_code, exc.message, exc.headers)
         except Exception as exc:

@@ -67,7 +67,7 @@ class EngineRuntime:
         """How tenants are kept apart here, as /status tells it (set by start_engine)."""
         self.dispatcher: Dispatcher | None = None
         self.sync: StatusSync | None = None
-        self.live = LiveLogs(clusters, state.read_sessionmaker or state.sessionmaker, self._cluster_known)
+        self.live = LiveLogs(clusters, state.read_sessions, self._cluster_known)
         if clusters.configured:
             workdirs = Workdirs(
                 state.settings.data_dir / "workdirs", state.storage, limits=ArtifactLimits.from_settings(state.settings)

@@ -42,7 +42,7 @@ def sse_event(*, data: str, event: str | None = None, event_id: int | None = Non
 
 
 async def _job(state: GatewayState, job_id: uuid.UUID) -> Job | None:
-    async with (state.read_sessionmaker or state.sessionmaker)() as session:
+    async with state.read_sessions() as session:
         return await session.get(Job, job_id, populate_existing=True)
 
 
