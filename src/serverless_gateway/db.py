@@ -9,13 +9,14 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Executable, MetaData, event
+from sqlalchemy import Engine, Executable, MetaData, event
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.util import await_only, greenlet_spawn
 
 from .config import Settings
 
@@ -294,3 +295,35 @@ class DriverStatement:
         """Run it in the request's asyncpg transaction: its first row, if any."""
         connection = await transaction.connection()
         return await connection.fetchrow(self.sql, *self.parameters(values))
+
+    async def fetch(self, engine: AsyncEngine, values: Mapping[str, Any]) -> list[asyncpg.Record]:
+        """Run it as a read of its own, outside any transaction (one round trip, its own snapshot, like an
+        AUTOCOMMIT session): every row.
+
+        For the hottest reads (a list page): a pooled connection, straight through asyncpg, with none of a
+        session's construction and result processing, and one greenlet hop for the checkout, the read and the
+        return (an `AsyncConnection` would take three, about 40 µs more).
+        """
+        arguments = self.parameters(values)
+        rows: list[asyncpg.Record] = await greenlet_spawn(self._fetch_pooled, engine.sync_engine, arguments)
+        return rows
+
+    def _fetch_pooled(self, engine: Engine, arguments: tuple[Any, ...]) -> list[asyncpg.Record]:
+        """In SQLAlchemy's greenlet. A pooled connection the server closed meanwhile is dropped and the read runs
+        again on the next one (a read can be repeated; a connection that cannot be made still fails at once)."""
+        dropped = 0
+        while True:
+            pooled = engine.raw_connection()
+            connection: asyncpg.Connection = pooled.driver_connection
+            try:
+                rows: list[asyncpg.Record] = await_only(connection.fetch(self.sql, *arguments))
+                return rows
+            except BaseException as exc:
+                if not connection.is_closed():
+                    raise
+                pooled.invalidate()  # SQLAlchemy did not see the error: keep it out of the pool
+                dropped += 1
+                if not isinstance(exc, _DEAD_CONNECTION) or dropped > _DEAD_CONNECTIONS_SKIPPED:
+                    raise
+            finally:
+                pooled.close()

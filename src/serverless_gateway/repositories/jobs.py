@@ -10,9 +10,10 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Integer, Select, Table, bindparam, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import defer
 
+from ..db import DriverStatement
 from ..models import Job, JobEvent, JobStatus, Program, Provider, RuntimeJob
 from .access import admin_provider_ids, program_administered
 
@@ -149,56 +150,65 @@ def _statements(
     return page, count
 
 
+@dataclass(frozen=True, slots=True)
+class _ListStatements:
+    """A list's page statement and its count alone, compiled once to asyncpg's SQL."""
+
+    page: DriverStatement
+    count: DriverStatement
+
+    @classmethod
+    def build(
+        cls, shape: _Shape, *, job_scope: Sequence[ColumnElement[bool]], program_scope: Sequence[ColumnElement[bool]]
+    ) -> _ListStatements:
+        page, count = _statements(shape, job_scope=job_scope, program_scope=program_scope)
+        return cls(DriverStatement(page), DriverStatement(count))
+
+
+# Built once per shape, with the caller as a bind parameter: a request only binds its values.
 @functools.lru_cache(maxsize=64)
-def _user_statements(shape: _Shape) -> tuple[Select[Any], Select[Any]]:
-    """Built once per shape: a reused statement skips SQLAlchemy's per-call construction and cache-key work."""
-    return _statements(shape, job_scope=[_JOB.author_id == bindparam("author_id")], program_scope=[])
+def _user_statements(shape: _Shape) -> _ListStatements:
+    return _ListStatements.build(shape, job_scope=[_JOB.author_id == bindparam("author_id")], program_scope=[])
+
+
+@functools.lru_cache(maxsize=64)
+def _provider_statements(shape: _Shape) -> _ListStatements:
+    scope = [_PROGRAM.provider_id.in_(admin_provider_ids(bindparam("admin_id")))]
+    return _ListStatements.build(shape, job_scope=[], program_scope=scope)
 
 
 async def _page(
-    session: AsyncSession, statements: tuple[Select[Any], Select[Any]], parameters: dict[str, Any]
+    engine: AsyncEngine, statements: _ListStatements, parameters: dict[str, Any]
 ) -> tuple[int, list[JobListRow]]:
-    """One round trip for the page and the count; a second one only past the last page."""
-    page, count = statements
-    result = (await session.execute(page, parameters)).all()
-    rows = [
-        JobListRow(
-            id=row[0],
-            status=row[1],
-            sub_status=row[2],
-            created_at=row[3],
-            updated_at=row[4],
-            started_at=row[5],
-            finished_at=row[6],
-            program_id=row[7],
-            program_title=row[8],
-            provider_name=row[9],
-        )
-        for row in result
-    ]
+    """One round trip for the page and the count; a second one only past the last page.
+
+    Lists are the hottest reads, so they skip the session: each statement is a read of its own through asyncpg
+    (`DriverStatement.fetch`); the count rides along with the page, so the two always agree.
+    """
+    result = await statements.page.fetch(engine, parameters)
+    rows = [JobListRow(*row[:10]) for row in result]
     if result:
         return int(result[0][10]), rows
     if parameters["offset"] == 0:
         return 0, rows
-    total = await session.scalar(count, parameters)
-    return int(total or 0), rows
+    (total,) = (await statements.count.fetch(engine, parameters))[0]
+    return int(total), rows
 
 
 async def list_user_jobs(
-    session: AsyncSession, *, user_id: uuid.UUID, filters: JobFilters, limit: int, offset: int
+    engine: AsyncEngine, *, user_id: uuid.UUID, filters: JobFilters, limit: int, offset: int
 ) -> tuple[int, list[JobListRow]]:
     """The user's own jobs matching `filters`: (total count, one page)."""
     parameters = _parameters(filters, author_id=user_id, limit=limit, offset=offset)
-    return await _page(session, _user_statements(_Shape.of(filters)), parameters)
+    return await _page(engine, _user_statements(_Shape.of(filters)), parameters)
 
 
 async def list_provider_jobs(
-    session: AsyncSession, *, admin_id: uuid.UUID, filters: JobFilters, limit: int, offset: int
+    engine: AsyncEngine, *, admin_id: uuid.UUID, filters: JobFilters, limit: int, offset: int
 ) -> tuple[int, list[JobListRow]]:
     """Jobs of every user on the programs of the providers `admin_id` administers."""
-    scope = [_PROGRAM.provider_id.in_(admin_provider_ids(admin_id))]
-    statements = _statements(_Shape.of(filters), job_scope=[], program_scope=scope)
-    return await _page(session, statements, _parameters(filters, limit=limit, offset=offset))
+    parameters = _parameters(filters, admin_id=admin_id, limit=limit, offset=offset)
+    return await _page(engine, _provider_statements(_Shape.of(filters)), parameters)
 
 
 def _job_query(*, with_result: bool) -> Select[Job, str, uuid.UUID | None, str | None]:

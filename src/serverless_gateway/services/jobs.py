@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from ..auth import Principal
 from ..db import call_after_commit
@@ -82,16 +82,23 @@ def _check_limit(limit: int, max_page_size: int) -> None:
 
 
 async def list_jobs(
-    session: AsyncSession, *, user: Principal, filters: repo.JobFilters, limit: int, offset: int, max_page_size: int
+    engine: AsyncEngine, *, user: Principal, filters: repo.JobFilters, limit: int, offset: int, max_page_size: int
 ) -> tuple[int, list[dict[str, Any]]]:
     """The caller's own jobs, newest first: (total count, one page)."""
     _check_limit(limit, max_page_size)
-    count, rows = await repo.list_user_jobs(session, user_id=user.user_id, filters=filters, limit=limit, offset=offset)
+    count, rows = await repo.list_user_jobs(engine, user_id=user.user_id, filters=filters, limit=limit, offset=offset)
     return count, [summary_fields(row) for row in rows]
 
 
 async def list_provider_jobs(
-    session: AsyncSession, *, user: Principal, filters: repo.JobFilters, limit: int, offset: int, max_page_size: int
+    session: AsyncSession,
+    engine: AsyncEngine,
+    *,
+    user: Principal,
+    filters: repo.JobFilters,
+    limit: int,
+    offset: int,
+    max_page_size: int,
 ) -> tuple[int, list[dict[str, Any]]]:
     """Jobs on the programs of the providers the caller administers; a named provider must be one of them."""
     _check_limit(limit, max_page_size)
@@ -100,7 +107,7 @@ async def list_provider_jobs(
         if provider is None or not await is_provider_admin(session, user.user_id, provider.id):
             raise NotFound(f"Provider {filters.provider!r} not found, or you are not one of its admins.")
     count, rows = await repo.list_provider_jobs(
-        session, admin_id=user.user_id, filters=filters, limit=limit, offset=offset
+        engine, admin_id=user.user_id, filters=filters, limit=limit, offset=offset
     )
     return count, [summary_fields(row) for row in rows]
 
