@@ -6,6 +6,7 @@ import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlencode
 
 from fastapi import Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -68,13 +69,23 @@ def parse_created_after(value: str | None) -> datetime | None:
 
 def _page(request: Request, count: int, results: list[dict[str, Any]], limit: int, offset: int) -> JobPage:
     """A page with absolute `next`/`previous` links: the request's URL with only `limit` and `offset` changed."""
-    next_url = None
-    if offset + limit < count:
-        next_url = str(request.url.include_query_params(limit=limit, offset=offset + limit))
-    previous_url = None
-    if offset > 0:
-        previous_url = str(request.url.include_query_params(limit=limit, offset=max(0, min(offset, count) - limit)))
+    next_url = previous_url = None
+    if offset + limit < count or offset > 0:
+        # What starlette's `include_query_params` makes, without parsing and rebuilding the whole URL twice.
+        base, _, query = str(request.url).partition("?")
+        kept = [(key, value) for key, value in parse_qsl(query, keep_blank_values=True) if key not in _PAGING]
+
+        def link(at: int) -> str:
+            return f"{base}?{urlencode([*kept, ('limit', limit), ('offset', at)])}"
+
+        if offset + limit < count:
+            next_url = link(offset + limit)
+        if offset > 0:
+            previous_url = link(max(0, min(offset, count) - limit))
     return JobPage.model_validate({"count": count, "next": next_url, "previous": previous_url, "results": results})
+
+
+_PAGING = frozenset({"limit", "offset"})
 
 
 FunctionQuery = Annotated[
