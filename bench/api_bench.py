@@ -32,7 +32,9 @@ from typing import Any
 import asyncpg
 import httpx
 import psutil
+from asyncpg.connection import LoggedQuery
 from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from serverless_gateway.app import create_app
 from serverless_gateway.config import Settings
@@ -94,17 +96,14 @@ class ListResult:
 async def measure_lists(
     url: str, seed: Seed, data_dir: Path, n: int, rng: random.Random, cases: list[ListCase] | None = None
 ) -> list[ListResult]:
-    """Each case (default: every `list_cases`) through the app in-process, then its statements in raw asyncpg."""
+    """Each case (default: every `list_cases`) through the app in-process, each request paired with its own statements
+    replayed at once in raw asyncpg."""
     settings = Settings(database_url=url, data_dir=data_dir, run_engine=False, public_url="http://bench")
     app = create_app(settings, start_engine=False)
     results: list[ListResult] = []
     async with app.router.lifespan_context(app):
         captured: list[tuple[str, Any]] = []
-
-        def capture(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
-            captured.append((statement, params))
-
-        event.listen(app.state.gateway.db_engine.sync_engine, "before_cursor_execute", capture)
+        _capture_statements(app.state.gateway.db_engine, captured)
         pool = await asyncpg.create_pool(plain_url(url), min_size=1, max_size=2, server_settings={"jit": "off"})
         transport = httpx.ASGITransport(app=app)
         async with pool, httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
@@ -112,33 +111,66 @@ async def measure_lists(
             floor, floor_cpu = await _time_floor(client, n)
             results.append(ListResult("(floor: GET /version, no auth/DB)", floor, [], 0.0, 0, floor_cpu))
             for case in list_cases(datetime.now(UTC)) if cases is None else cases:
-                for user in seed.users[:20]:  # warm-up: token cache, prepared statements, buffers
+                # Warm-up, both sides: every user's token in the cache (the measured requests pick among all of
+                # them; a client that lists keeps its token warm), prepared statements, buffers.
+                for user in seed.users:
+                    captured.clear()
                     await client.get("/api/v1/jobs/", params=case.params(user, seed, rng), headers=user.headers)
+                    await _replay(pool, await _listed_now(captured))
                 gateway_ms: list[float] = []
-                replays: list[list[tuple[str, Any]]] = []
+                raw_ms: list[float] = []
+                statement_counts: list[int] = []
                 counts: list[int] = []
-                cpu = time.process_time()
+                gateway_cpu = raw_cpu = 0.0
+                # Paired: each request, then its own statements in raw asyncpg at once, so a drift in the machine's
+                # load between two phases cannot tilt the ratio.
                 for _ in range(n):
                     user = rng.choice(seed.users)
                     captured.clear()
-                    start = time.perf_counter()
+                    cpu, start = time.process_time(), time.perf_counter()
                     response = await client.get(
                         "/api/v1/jobs/", params=case.params(user, seed, rng), headers=user.headers
                     )
                     gateway_ms.append((time.perf_counter() - start) * 1000)
+                    gateway_cpu += time.process_time() - cpu
                     if response.status_code != 200:
                         raise SystemExit(f"{case.name}: HTTP {response.status_code} {response.text[:300]}")
                     counts.append(int(response.json()["count"]))
-                    replays.append([(s, p) for s, p in captured if "api_token" not in s])
-                gateway_cpu = (time.process_time() - cpu) * 1000 / n
-                cpu = time.process_time()
-                raw_ms = await _replay(pool, replays)
-                raw_cpu = (time.process_time() - cpu) * 1000 / (n + min(20, n))
-                statements = int(statistics.median(len(r) for r in replays)) if replays else 0
-                mean_count = statistics.fmean(counts)
-                results.append(ListResult(case.name, gateway_ms, raw_ms, mean_count, statements, gateway_cpu, raw_cpu))
+                    statements = await _listed_now(captured)
+                    statement_counts.append(len(statements))
+                    cpu = time.process_time()
+                    raw_ms.append(await _replay(pool, statements))
+                    raw_cpu += time.process_time() - cpu
+                result = ListResult(
+                    case.name,
+                    gateway_ms,
+                    raw_ms,
+                    statistics.fmean(counts),
+                    int(statistics.median(statement_counts)),
+                    gateway_cpu * 1000 / n,
+                    raw_cpu * 1000 / n,
+                )
+                results.append(result)
                 print(f"  measured {case.name}", file=sys.stderr, flush=True)
     return results
+
+
+def _capture_statements(engine: AsyncEngine, captured: list[tuple[str, Any]]) -> None:
+    """Append every statement the gateway sends, however it sends it: through SQLAlchemy (its cursor event) or
+    straight through asyncpg (the driver's query logger, on each connection as the pool hands it out; asyncpg
+    logs only what bypasses its prepared-statement API, which is exactly what SQLAlchemy does not see)."""
+
+    def through_sqlalchemy(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+        captured.append((statement, params))
+
+    def through_asyncpg(query: LoggedQuery) -> None:
+        captured.append((query.query, query.args))
+
+    def on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        dbapi_connection.driver_connection.add_query_logger(through_asyncpg)  # a set: once per connection
+
+    event.listen(engine.sync_engine, "before_cursor_execute", through_sqlalchemy)
+    event.listen(engine.sync_engine.pool, "checkout", on_checkout)
 
 
 async def _time_floor(client: httpx.AsyncClient, n: int) -> tuple[list[float], float]:
@@ -154,16 +186,25 @@ async def _time_floor(client: httpx.AsyncClient, n: int) -> tuple[list[float], f
     return timings, (time.process_time() - cpu) * 1000 / n
 
 
-async def _replay(pool: asyncpg.Pool, replays: list[list[tuple[str, Any]]]) -> list[float]:
-    """The statements each measured request ran (token lookups left out), raw asyncpg, no transaction (as a GET)."""
-    timings = []
-    for statements in replays[:20] + replays:  # the first 20 warm the statement cache
-        start = time.perf_counter()
-        async with pool.acquire() as conn:
-            for sql, params in statements:
-                await conn.fetch(sql, *(params or ()))
-        timings.append((time.perf_counter() - start) * 1000)
-    return timings[min(20, len(replays)) :]
+async def _listed_now(captured: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """The statements of the request just answered, the token look-up left out (the baseline does no auth).
+
+    asyncpg hands its logged queries over with call_soon: one turn of the loop brings the last of them in.
+    """
+    await asyncio.sleep(0)
+    listed = [(sql, params) for sql, params in captured if "api_token" not in sql]
+    if not listed:
+        raise SystemExit("no statement of a list request was captured: the baseline would measure nothing")
+    return listed
+
+
+async def _replay(pool: asyncpg.Pool, statements: list[tuple[str, Any]]) -> float:
+    """One request's statements in raw asyncpg, no transaction (as a GET): ms."""
+    start = time.perf_counter()
+    async with pool.acquire() as conn:
+        for sql, params in statements:
+            await conn.fetch(sql, *(params or ()))
+    return (time.perf_counter() - start) * 1000
 
 
 def print_list_table(results: list[ListResult], n_jobs: int, n_users: int, n: int) -> bool:
