@@ -9,7 +9,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Engine, Executable, MetaData, event
+from sqlalchemy import Engine, Executable, MetaData, PoolProxiedConnection, event
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -218,26 +218,38 @@ class DriverTransaction:
         return self._connection
 
     async def _begin(self, stack: AsyncExitStack) -> asyncpg.Connection:
-        # The SQLAlchemy connection never executes anything itself, so it never begins a transaction there.
-        attempt = AsyncExitStack()
-        pooled_connection = await attempt.enter_async_context(self._engine.connect())
-        connection: asyncpg.Connection = (await pooled_connection.get_raw_connection()).driver_connection
+        # Checked out and given back in one greenlet hop each (an `AsyncConnection` takes three in all); SQLAlchemy
+        # never executes anything on it, so it never begins a transaction there.
+        pooled = await greenlet_spawn(self._engine.sync_engine.raw_connection)
+        connection: asyncpg.Connection = pooled.driver_connection
+        try:
+            transaction = connection.transaction()
+            await transaction.start()
+        except BaseException:
+            await greenlet_spawn(_give_back, pooled, True)
+            raise
 
-        async def drop_if_closed(*exc_info: object) -> bool:
-            # SQLAlchemy did not see the error: a connection the server closed must not go back to the pool.
-            if connection.is_closed():
-                await pooled_connection.invalidate()
+        async def end(exc_type: type[BaseException] | None, *_: object) -> bool:
+            try:
+                if exc_type is None:
+                    await transaction.commit()
+                else:
+                    await transaction.rollback()
+            finally:
+                # SQLAlchemy did not see the error: a connection the server closed must not go back to the pool.
+                await greenlet_spawn(_give_back, pooled, connection.is_closed())
             return False
 
-        attempt.push_async_exit(drop_if_closed)
-        try:
-            await attempt.enter_async_context(connection.transaction())
-        except BaseException:
-            await pooled_connection.invalidate()
-            await attempt.aclose()
-            raise
-        stack.push_async_exit(attempt)
+        stack.push_async_exit(end)
         return connection
+
+
+def _give_back(pooled: PoolProxiedConnection, drop: bool) -> None:
+    """Return a pooled connection checked out for asyncpg's own use (in SQLAlchemy's greenlet); `drop` it when the
+    server closed it."""
+    if drop:
+        pooled.invalidate()
+    pooled.close()
 
 
 async def driver_scope(engine: AsyncEngine) -> AsyncIterator[DriverTransaction]:
@@ -321,9 +333,8 @@ class DriverStatement:
             except BaseException as exc:
                 if not connection.is_closed():
                     raise
-                pooled.invalidate()  # SQLAlchemy did not see the error: keep it out of the pool
                 dropped += 1
                 if not isinstance(exc, _DEAD_CONNECTION) or dropped > _DEAD_CONNECTIONS_SKIPPED:
                     raise
             finally:
-                pooled.close()
+                _give_back(pooled, connection.is_closed())  # SQLAlchemy did not see the error: keep it out
