@@ -6,10 +6,14 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import sqlalchemy.exc
+from fastapi import FastAPI
+from httpx import AsyncClient
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -158,30 +162,58 @@ class FreezableProxy:
         self._server.close()
 
 
-async def test_with_the_database_hung_every_request_answers_503_within_5_s_then_resumes(settings: Settings) -> None:
+@asynccontextmanager
+async def _behind_a_freezable_proxy(
+    settings: Settings, username: str, **changes: Any
+) -> AsyncIterator[tuple[FastAPI, AsyncClient, FreezableProxy, dict[str, str]]]:
+    """An app of its own whose database connections all pass a proxy that can freeze, and a user's headers."""
     url = make_url(settings.database_url or "")
     proxy = FreezableProxy(url.host or "127.0.0.1", url.port or 5432)
     async with proxy as port:
         proxied = url.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
-        async with own_app(settings, database_url=proxied, token_cache_seconds=0.0) as (app, client):
-            user = await new_user(app, "frozen")
-            headers = {"Authorization": f"Bearer {user.token}"}
-            assert (await client.get("/api/v1/jobs/", headers=headers)).status_code == 200
-            proxy.running.clear()  # PostgreSQL freezes: pooled connections and new ones alike get no answer
-            calls = [
-                client.get("/api/v1/jobs/", headers=headers),
-                client.post("/api/v1/programs/run/", headers=headers, json={"title": "hello"}),
-                client.get("/api/v1/programs/", headers=headers),
-                client.get("/api/v1/files/", headers=headers, params={"function": "hello"}),
-            ]
-            began = time.monotonic()
-            answers = await asyncio.gather(*calls)
-            elapsed = time.monotonic() - began
-            assert [answer.status_code for answer in answers] == [503] * len(calls), [a.text for a in answers]
-            assert answers[0].json() == {"message": "The database is unavailable right now; try again later."}
-            assert elapsed < 5.0, elapsed  # GATEWAY_DB_REQUEST_TIMEOUT_SECONDS (4 s) and a little
-            proxy.running.set()  # it thaws: the API serves again without a restart
-            deadline = time.monotonic() + 10
-            while (await client.get("/api/v1/jobs/", headers=headers)).status_code != 200:
-                assert time.monotonic() < deadline, "the API did not recover after the database thawed"
-                await asyncio.sleep(0.2)
+        async with own_app(settings, database_url=proxied, **changes) as (app, client):
+            user = await new_user(app, username)
+            yield app, client, proxy, {"Authorization": f"Bearer {user.token}"}
+
+
+async def test_with_the_database_hung_every_request_answers_503_within_5_s_then_resumes(settings: Settings) -> None:
+    async with _behind_a_freezable_proxy(settings, "frozen", token_cache_seconds=0.0) as (app, client, proxy, headers):
+        assert (await client.get("/api/v1/jobs/", headers=headers)).status_code == 200
+        proxy.running.clear()  # PostgreSQL freezes: pooled connections and new ones alike get no answer
+        calls = [
+            client.get("/api/v1/jobs/", headers=headers),
+            client.post("/api/v1/programs/run/", headers=headers, json={"title": "hello"}),
+            client.get("/api/v1/programs/", headers=headers),
+            client.get("/api/v1/files/", headers=headers, params={"function": "hello"}),
+        ]
+        began = time.monotonic()
+        answers = await asyncio.gather(*calls)
+        elapsed = time.monotonic() - began
+        assert [answer.status_code for answer in answers] == [503] * len(calls), [a.text for a in answers]
+        assert answers[0].json() == {"message": "The database is unavailable right now; try again later."}
+        assert elapsed < 5.0, elapsed  # GATEWAY_DB_REQUEST_TIMEOUT_SECONDS (4 s) and a little
+        proxy.running.set()  # it thaws: the API serves again without a restart
+        deadline = time.monotonic() + 10
+        while (await client.get("/api/v1/jobs/", headers=headers)).status_code != 200:
+            assert time.monotonic() < deadline, "the API did not recover after the database thawed"
+            await asyncio.sleep(0.2)
+
+
+async def test_with_the_database_hung_a_list_from_a_cached_token_answers_503_within_5_s(settings: Settings) -> None:
+    """The list page is read straight through asyncpg (no session): its read is bounded all the same, and the
+    pooled connection it waited on serves again once the database thaws."""
+    frozen = _behind_a_freezable_proxy(settings, "frozen-list", token_cache_seconds=300.0)
+    async with frozen as (app, client, proxy, headers):
+        assert (await client.get("/api/v1/jobs/", headers=headers)).status_code == 200  # the token is cached
+        proxy.running.clear()
+        began = time.monotonic()
+        answers = await asyncio.gather(*(client.get("/api/v1/jobs/", headers=headers) for _ in range(3)))
+        elapsed = time.monotonic() - began
+        assert [answer.status_code for answer in answers] == [503] * 3, [a.text for a in answers]
+        assert elapsed < 5.0, elapsed
+        proxy.running.set()
+        deadline = time.monotonic() + 10
+        while (await client.get("/api/v1/jobs/", headers=headers)).status_code != 200:
+            assert time.monotonic() < deadline, "the list did not recover after the database thawed"
+            await asyncio.sleep(0.2)
+        assert app.state.gateway.db_engine.sync_engine.pool.checkedout() == 0
