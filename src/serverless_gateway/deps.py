@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -33,14 +33,6 @@ StateDep = Annotated[GatewayState, Depends(get_state)]
 
 
 READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
-_READS_ONLY_THROUGH_SESSION = "__reads_only_through_session__"
-Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
-
-
-def reads_only_through_session(endpoint: Endpoint) -> Endpoint:
-    """Mark an endpoint that writes only through its own `DriverTransactionDep`: its session may autocommit."""
-    setattr(endpoint, _READS_ONLY_THROUGH_SESSION, True)
-    return endpoint
 
 
 # The dependencies below read the state from the request rather than through `StateDep`: FastAPI solves every
@@ -49,13 +41,10 @@ def reads_only_through_session(endpoint: Endpoint) -> Endpoint:
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """The request's session: one transaction for a write; AUTOCOMMIT statements for a GET or HEAD (or an
-    endpoint marked `reads_only_through_session`)."""
+    """The request's session: one transaction for a write; AUTOCOMMIT statements for a GET or HEAD."""
     state = state_of(request)
     maker = state.sessionmaker
-    read_only = request.method in READ_ONLY_METHODS
-    read_only = read_only or getattr(request.scope.get("endpoint"), _READS_ONLY_THROUGH_SESSION, False)
-    if read_only and state.read_sessionmaker is not None:
+    if request.method in READ_ONLY_METHODS and state.read_sessionmaker is not None:
         maker = state.read_sessionmaker
     async for session in session_scope(maker):
         yield session

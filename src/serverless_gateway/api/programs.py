@@ -13,7 +13,6 @@ from ..deps import (
     StateDep,
     StorageDep,
     UserDep,
-    reads_only_through_session,
 )
 from ..errors import PayloadTooLarge, error_responses
 from ..schemas.programs import (
@@ -142,7 +141,6 @@ router.add_api_route(
     summary="Run a program: queues a job",
     responses=error_responses(400, 401, 403, 404, 409, 423, 429),
 )
-@reads_only_through_session  # the token look-up reads; the job is queued in `transaction`
 async def run(
     state: StateDep,
     settings: SettingsDep,
