@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Callable
@@ -81,6 +82,24 @@ async def test_list_shows_only_own_jobs(app: FastAPI, client: AsyncClient, alice
     body = (await client.get(JOBS, headers=bob.headers)).json()
     assert body["count"] == 1
     assert [item["id"] for item in body["results"]] == [str(bob_job)]
+
+
+async def test_interleaved_lists_of_two_users_never_mix(
+    app: FastAPI, client: AsyncClient, alice: TestUser, bob: TestUser
+) -> None:
+    """The page statement is compiled once per filter shape and run on whichever pooled connection is free: many
+    lists of two users at once must still each show their own jobs only."""
+    alice_program, bob_program = await add_program(app, alice, "mine"), await add_program(app, bob, "mine")
+    alice_jobs = {str(await add_job(app, alice, alice_program)) for _ in range(2)}
+    bob_jobs = {str(await add_job(app, bob, bob_program)) for _ in range(3)}
+    users = [alice, bob] * 12
+    lists = (client.get(JOBS, headers=user.headers, params={"function": "mine"}) for user in users)
+    pages = await asyncio.gather(*lists)
+    for user, page in zip(users, pages, strict=True):
+        expected = alice_jobs if user is alice else bob_jobs
+        assert page.status_code == 200, page.text
+        assert page.json()["count"] == len(expected)
+        assert {item["id"] for item in page.json()["results"]} == expected
 
 
 async def test_list_without_trailing_slash(app: FastAPI, client: AsyncClient, alice: TestUser) -> None:
