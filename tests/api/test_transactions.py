@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -168,20 +168,27 @@ async def test_a_run_over_the_limit_rolls_back_and_wakes_nobody(
     assert woken == [1]
 
 
-async def _kill_gateway_connections(db_engine: AsyncEngine) -> int:
-    """Terminate every connection of the app's pool, as a database restart would: how many there were."""
-    async with db_engine.connect() as conn:
-        killed = await conn.scalar(
-            text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND application_name = 'serverless-gateway'"
+@pytest.fixture
+async def restart_database(app: FastAPI, db_engine: AsyncEngine) -> AsyncIterator[Callable[[], Awaitable[int]]]:
+    """Terminate every connection of the app's pool, as a database restart would (it answers how many there
+    were); afterwards the pool is emptied, so that no later test meets a connection killed here."""
+
+    async def kill() -> int:
+        async with db_engine.connect() as conn:
+            killed = await conn.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND application_name = 'serverless-gateway'"
+                )
             )
-        )
-    return int(killed or 0)
+        return int(killed or 0)
+
+    yield kill
+    await app.state.gateway.db_engine.dispose()
 
 
 async def test_a_connection_the_server_closed_costs_no_run(
-    app: FastAPI, alice: TestUser, db_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+    app: FastAPI, alice: TestUser, restart_database: Callable[[], Awaitable[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SQLAlchemy does not see the run's asyncpg errors: the run's own scope must drop a connection that died."""
     monkeypatch.setattr(app.state.gateway, "token_cache", TokenCache(60))  # runs then touch only their own path
@@ -189,7 +196,7 @@ async def test_a_connection_the_server_closed_costs_no_run(
     async with AsyncClient(transport=transport, base_url="http://testserver") as client:
         await upload_program(client, alice, "hello")
         assert (await client.post(RUN, headers=alice.headers, json={"title": "hello"})).status_code == 200
-        assert await _kill_gateway_connections(db_engine)
+        assert await restart_database()
         run = {"title": "hello"}
         codes = [(await client.post(RUN, headers=alice.headers, json=run)).status_code for _ in range(6)]
     # A dead pooled connection fails at BEGIN, before the run did anything: it is dropped and the run goes on
@@ -198,7 +205,7 @@ async def test_a_connection_the_server_closed_costs_no_run(
 
 
 async def test_a_connection_the_server_closed_costs_no_list(
-    app: FastAPI, alice: TestUser, db_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+    app: FastAPI, alice: TestUser, restart_database: Callable[[], Awaitable[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A list page is read straight through asyncpg, which SQLAlchemy does not see: a pooled connection the server
     closed is dropped there, and the read runs again on the next one."""
@@ -210,7 +217,7 @@ async def test_a_connection_the_server_closed_costs_no_list(
         # Several connections in the pool, all of them then killed at once.
         pages = [client.get("/api/v1/jobs/", headers=alice.headers) for _ in range(4)]
         assert all(page.status_code == 200 for page in await asyncio.gather(*pages))
-        assert await _kill_gateway_connections(db_engine)
+        assert await restart_database()
         answers = [await client.get("/api/v1/jobs/", headers=alice.headers) for _ in range(6)]
     assert [answer.status_code for answer in answers] == [200] * len(answers), [a.text for a in answers]
     assert all(answer.json()["count"] == 1 for answer in answers)
