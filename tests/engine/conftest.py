@@ -161,6 +161,16 @@ async def wait_status(
         await asyncio.sleep(0.1)
 
 
+async def wait_logs_stored(state: GatewayState, job_id: uuid.UUID, *, timeout: float = 30) -> Job:
+    """The job once its log is in storage: a success its launcher reported is final at once, and its log is
+    stored a moment later (readers get it from Ray in between)."""
+    deadline = time.monotonic() + timeout
+    while (job := await job_row(state, job_id)).logs_key is None:
+        assert time.monotonic() < deadline, f"the log of job {job_id} was not stored"
+        await asyncio.sleep(0.1)
+    return job
+
+
 async def wait_all_terminal(state: GatewayState, job_ids: Iterable[uuid.UUID], *, timeout: float = 120) -> list[Job]:
     ids = list(job_ids)
     deadline = time.monotonic() + timeout

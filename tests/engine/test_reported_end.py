@@ -13,7 +13,7 @@ from serverless_gateway.engine import sync as sync_module
 from serverless_gateway.models import JobStatus
 from serverless_gateway.repositories import engine as repo
 from tests.conftest import TestUser
-from tests.engine.conftest import LiveGateway, job_row, run_job, upload, wait_status
+from tests.engine.conftest import LiveGateway, job_row, run_job, upload, wait_logs_stored, wait_status
 
 pytestmark = pytest.mark.ray
 
@@ -69,10 +69,7 @@ async def test_a_job_that_lies_about_its_end_keeps_its_slot_until_it_is_stopped_
     assert "printed before the end was reported" in logs
     window = await gw.get(f"/api/v1/jobs/{job_id}/logs/", headers=alice.headers, params={"offset": 0})
     assert "printed before the end was reported" in window.json()["logs"]
-    deadline = time.monotonic() + 30
-    while (stored := await job_row(live.state, job_id)).logs_key is None:
-        assert time.monotonic() < deadline, "the log was not stored after the reported end"
-        await asyncio.sleep(0.2)
+    stored = await wait_logs_stored(live.state, job_id)
     assert not stored.ray_confirmed
     assert "printed before the end was reported" in (await live.state.storage.get_bytes(stored.logs_key)).decode()
     async with live.state.sessionmaker() as session:

@@ -12,7 +12,7 @@ import pytest
 from serverless_gateway.models import JobStatus
 from tests.api.programs_support import grant, make_provider
 from tests.conftest import TestUser
-from tests.engine.conftest import LiveGateway, add_program_row, run_job, upload, wait_status
+from tests.engine.conftest import LiveGateway, add_program_row, run_job, upload, wait_logs_stored, wait_status
 
 pytestmark = pytest.mark.ray
 
@@ -42,10 +42,13 @@ async def test_job_reads_arguments_and_saves_result(live: LiveGateway, gw: httpx
     assert job.finished_at is not None
     assert job.submitted_at is not None
     assert job.token_hash is None
-    assert job.logs_key is not None
-    assert job.logs_key.startswith(f"logs/{job_id}/")
+    # The log reads the same before the stored copy is there (from Ray) and after.
     logs = (await gw.get(f"/api/v1/jobs/{job_id}/logs/", headers=alice.headers)).json()["logs"]
     assert "adding 2 40" in logs
+    stored = await wait_logs_stored(live.state, job_id)
+    assert stored.logs_key is not None
+    assert stored.logs_key.startswith(f"logs/{job_id}/")
+    assert "adding 2 40" in (await gw.get(f"/api/v1/jobs/{job_id}/logs/", headers=alice.headers)).json()["logs"]
     result = await gw.get(f"/api/v1/jobs/{job_id}/result/", headers=alice.headers)
     assert json.loads(result.json()["result"]) == {"sum": 42, "job": str(job_id)}
     download = await gw.get(
