@@ -81,15 +81,15 @@ bearer_scheme = HTTPBearer(auto_error=False, description=BEARER_DESCRIPTION)
 
 async def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
     """The caller, checked before the request's own session is used (a cached token needs none)."""
-    checked: Principal | None = request.scope.get("state", {}).get(PRINCIPAL_KEY)
-    if checked is not None:  # the body guard (or another dependency) authenticated this request already
-        return checked
-    if credentials is None:
-        raise Unauthorized()
-    state = state_of(request)
-    principal = await authenticate_request(state.read_sessions, credentials.credentials, state.token_cache)
+    principal: Principal | None = request.scope.get("state", {}).get(PRINCIPAL_KEY)
+    if principal is None:  # else the body guard (or another dependency) authenticated this request already
+        if credentials is None:
+            raise Unauthorized()
+        state = state_of(request)
+        principal = await authenticate_request(state.read_sessions, credentials.credentials, state.token_cache)
+        request.scope.setdefault("state", {})[PRINCIPAL_KEY] = principal
+    # Here, not in the body guard: the guard runs outside the request's log context.
     log_config.bind(user_id=principal.user_id, job_id=principal.job_id)
-    request.scope.setdefault("state", {})[PRINCIPAL_KEY] = principal
     return principal
 
 

@@ -65,6 +65,18 @@ async def test_each_request_logs_one_line_with_its_route_user_and_request_id(
     assert missing.headers["x-request-id"] == lines[2]["request_id"]
 
 
+async def test_a_request_with_a_body_logs_its_user_too(settings: Settings, captured: io.StringIO) -> None:
+    """A body's request is authenticated by the body guard, outside the request's log context: its line still
+    names the user."""
+    async with own_app(settings) as (app, client):
+        alice = await new_user(app, "log-poster")
+        refused = await client.post("/api/v1/programs/run/", headers=alice.headers, json={"title": "nothing-here"})
+    assert refused.status_code == 404, refused.text
+    (line,) = request_lines(captured)
+    assert (line["method"], line["route"], line["status"]) == ("POST", "/api/v1/programs/run", 404)
+    assert line["user_id"] == str(alice.id)
+
+
 @pytest.mark.parametrize(
     "hostile",
     [b"a" * 129, b"two words", b"tab\there", b"<script>", b"id;rm -rf", b"", "\u00e9t\u00e9".encode()],
