@@ -183,7 +183,6 @@ async def list_jobs(
 async def list_provider_jobs(
     request: Request,
     session: SessionDep,
-    settings: SettingsDep,
     user: UserDep,
     function: FunctionQuery = None,
     provider: ProviderQuery = None,
@@ -194,15 +193,11 @@ async def list_provider_jobs(
     offset: OffsetQuery = 0,
 ) -> JobPage:
     filters = _filters(function, provider, status, filter, created_after)
-    limit = min(limit, settings.max_page_size)
+    state = state_of(request)  # as the user list does
+    max_page_size = state.settings.max_page_size
+    limit = min(limit, max_page_size)
     count, results = await service.list_provider_jobs(
-        session,
-        state_of(request).db_engine,
-        user=user,
-        filters=filters,
-        limit=limit,
-        offset=offset,
-        max_page_size=settings.max_page_size,
+        session, state.db_engine, user=user, filters=filters, limit=limit, offset=offset, max_page_size=max_page_size
     )
     return _page(request, count, results, limit, offset)
 

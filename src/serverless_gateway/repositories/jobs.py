@@ -73,6 +73,10 @@ _LIST_COLUMNS = (
 )
 
 
+_COUNT_AT = len(_LIST_COLUMNS)
+"""A page row is `_LIST_COLUMNS` (in `JobListRow`'s field order), then the total count."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Shape:
     """Which filters a list uses: the statements depend on this only; the values travel as parameters."""
@@ -186,9 +190,9 @@ async def _page(
     (`DriverStatement.fetch`); the count rides along with the page, so the two always agree.
     """
     result = await statements.page.fetch(engine, parameters)
-    rows = [JobListRow(*row[:10]) for row in result]
+    rows = [JobListRow(*row[:_COUNT_AT]) for row in result]
     if result:
-        return int(result[0][10]), rows
+        return int(result[0][_COUNT_AT]), rows
     if parameters["offset"] == 0:
         return 0, rows
     (total,) = (await statements.count.fetch(engine, parameters))[0]
